@@ -1,0 +1,29 @@
+# Two entry points: `make demo` (pre-train Point-MAE on the embedded default) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WORK_DIR ?= work_dirs/point_mae_demo
+
+.PHONY: venv demo probe test benchmark clean
+
+$(BIN)/activate:
+	$(PY) -m venv $(VENV)
+	# CPU torch first: a later `torch>=2.1` requirement is then already met (no CUDA download).
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[test]"
+
+venv: $(BIN)/activate
+
+demo: venv
+	$(BIN)/python tools/pretrain.py configs/point_mae/demo.yaml --work-dir $(WORK_DIR)
+	$(BIN)/python tools/probe.py configs/point_mae/demo.yaml --checkpoint $(WORK_DIR)/checkpoint_last.pth
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+benchmark: venv
+	$(BIN)/python tools/benchmark.py
+
+clean:
+	rm -rf $(VENV) work_dirs
