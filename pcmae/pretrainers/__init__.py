@@ -1,0 +1,3 @@
+from pcmae.pretrainers.point_mae import PointMAE
+
+__all__ = ["PointMAE"]

@@ -1,0 +1,3 @@
+from pcmae.downstream.point_classifier import PointClassifier
+
+__all__ = ["PointClassifier"]

@@ -1,0 +1,96 @@
+"""Point-MAE (Pang et al., ECCV 2022): mask point patches, encode the visible ones, rebuild the hidden ones.
+
+Read top to bottom: grouping -> masking -> encoder on visible tokens -> light decoder on
+[visible, mask tokens] -> points of each masked patch -> Chamfer-L2 against the true patch.
+Defaults are the paper's ShapeNet-55 configuration (64 x 32 patches, width 384, 12 + 4 blocks).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pcmae.augment import get_augmentation
+from pcmae.backbones.transformer import PointTransformerEncoder, TransformerStack, init_vit_weights, position_mlp
+from pcmae.masking import make_mask
+from pcmae.ops import chamfer_distance
+from pcmae.registry import MODELS
+from pcmae.tokenizers.point_groups import PointGrouper
+
+
+def select_tokens(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, C), keep: (B, T) bool with the same count per row -> (B, T_keep, C), order kept."""
+    return x[keep].reshape(x.shape[0], -1, x.shape[-1])
+
+
+@MODELS.register
+class PointMAE(nn.Module):
+    def __init__(self, num_groups: int = 64, group_size: int = 32, embed_dim: int = 384, depth: int = 12,
+                 num_heads: int = 6, drop_path_rate: float = 0.1, decoder_depth: int = 4,
+                 decoder_num_heads: int = 6, mask_ratio: float = 0.6, mask_type: str = "rand",
+                 augment: str = "scale_translate"):
+        super().__init__()
+        self.mask_ratio = mask_ratio
+        self.mask_type = mask_type
+        self.augment = get_augmentation(augment)
+        # --- tokenizer and encoder ---------------------------------------------------------
+        self.grouper = PointGrouper(num_groups, group_size)
+        self.encoder = PointTransformerEncoder(embed_dim, depth, num_heads, drop_path_rate)
+        # --- decoder -----------------------------------------------------------------------
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.decoder_pos_embed = position_mlp(embed_dim)
+        self.decoder = TransformerStack(embed_dim, decoder_depth, decoder_num_heads, drop_path_rate)
+        self.reconstruction_head = nn.Linear(embed_dim, 3 * group_size)  # one token -> K points
+        self.apply(init_vit_weights)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def no_weight_decay(self):
+        return {"mask_token"}
+
+    def forward_encoder(self, points: torch.Tensor, mask: torch.Tensor | None = None):
+        """points: (B, N, 3) -> latent of visible tokens (B, V, C), mask (B, G), groups."""
+        groups = self.grouper(points)
+        if mask is None:
+            mask = make_mask(self.mask_type, groups.centers, self.mask_ratio)
+        tokens, pos = self.encoder.embed(groups.neighborhoods, groups.centers)  # (B, G, C) each
+        latent = self.encoder(select_tokens(tokens, ~mask), select_tokens(pos, ~mask))
+        return latent, mask, groups
+
+    def forward_decoder(self, latent: torch.Tensor, centers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """latent (B, V, C) + centers (B, G, 3) -> predicted patches of the masked tokens (B, M, K, 3)."""
+        b, _, c = latent.shape
+        pos_visible = self.decoder_pos_embed(select_tokens(centers, ~mask))
+        pos_masked = self.decoder_pos_embed(select_tokens(centers, mask))
+        num_masked = pos_masked.shape[1]
+        x = torch.cat([latent, self.mask_token.expand(b, num_masked, c)], dim=1)
+        x = self.decoder(x, torch.cat([pos_visible, pos_masked], dim=1))[:, -num_masked:]
+        return self.reconstruction_head(x).reshape(b, num_masked, -1, 3)
+
+    def forward_loss(self, predicted: torch.Tensor, neighborhoods: torch.Tensor, mask: torch.Tensor):
+        """Chamfer-L2 between predicted (B, M, K, 3) and true masked patches, averaged over patches."""
+        target = neighborhoods[mask]  # (B*M, K, 3)
+        return chamfer_distance(predicted.reshape(target.shape[0], -1, 3), target, norm=2)
+
+    def forward(self, batch: dict) -> dict:
+        points = batch["points"]
+        if self.training and self.augment is not None:
+            points = self.augment(points)
+        latent, mask, groups = self.forward_encoder(points)
+        predicted = self.forward_decoder(latent, groups.centers, mask)
+        return {"loss": self.forward_loss(predicted, groups.neighborhoods, mask)}
+
+    @torch.no_grad()
+    def encode(self, points: torch.Tensor) -> torch.Tensor:
+        """All tokens, nothing masked: points (B, N, 3) -> features (B, G, C), e.g. for linear probes."""
+        groups = self.grouper(points)
+        return self.encoder(*self.encoder.embed(groups.neighborhoods, groups.centers))
+
+    @torch.no_grad()
+    def reconstruct(self, points: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+        """For pictures and evaluation: absolute-coordinate visible and predicted points per sample."""
+        latent, mask, groups = self.forward_encoder(points, mask)
+        predicted = self.forward_decoder(latent, groups.centers, mask)  # (B, M, K, 3)
+        visible = groups.neighborhoods[~mask] + groups.centers[~mask].unsqueeze(1)  # (B*V, K, 3)
+        rebuilt = predicted + select_tokens(groups.centers, mask).unsqueeze(2)
+        b = points.shape[0]
+        return {"input": points, "visible": visible.reshape(b, -1, 3), "reconstruction": rebuilt.reshape(b, -1, 3),
+                "mask": mask, "latent": latent}
