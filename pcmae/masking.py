@@ -42,3 +42,76 @@ def make_mask(kind: str, centers: torch.Tensor, ratio: float,
     if kind == "block":
         return block_mask(centers, ratio, generator)
     raise ValueError(f"unknown mask_type {kind!r}; use 'rand' or 'block'")
+
+
+# --- LiDAR: masks defined in metres and radians around each sample's sensor -----------------------
+#
+# Every rule is drawn per sample (not once per batch) and on geometry measured from the sensor origin
+# of that sample, not in voxel-index units from the grid corner.
+
+
+def rank_within_groups(group: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random order inside each group: (rank (T,) from 0 in each group, size of each item's group (T,))."""
+    noise = torch.rand(group.shape[0], generator=generator, device=group.device, dtype=torch.float64)
+    order = torch.argsort(group.double() * 2.0 + noise)  # groups stay contiguous, random inside
+    sizes = torch.bincount(group)
+    starts = torch.cumsum(sizes, 0) - sizes
+    rank = torch.empty_like(group)
+    rank[order] = torch.arange(group.shape[0], device=group.device) - starts[group[order]]
+    return rank, sizes[group]
+
+
+def polar_coordinates(xyz: torch.Tensor, batch_idx: torch.Tensor, origins: torch.Tensor | None = None):
+    """Horizontal range (metres) and azimuth in [0, 2 pi) of token centers around each sample's sensor.
+
+    xyz: (T, 3) metres; batch_idx: (T,); origins: (B, 3) sensor positions, default the frame origin.
+    """
+    if origins is not None:
+        xyz = xyz - origins[batch_idx]
+    rng = torch.hypot(xyz[:, 0], xyz[:, 1])
+    azimuth = torch.remainder(torch.atan2(xyz[:, 1], xyz[:, 0]), 2 * torch.pi)
+    return rng, azimuth
+
+
+def random_token_mask(batch_idx: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Hide ``int(ratio * n_b)`` tokens of each sample b, uniformly (Voxel-MAE: 0.7) -> (T,) bool."""
+    num_masked(1, ratio)  # validates the ratio
+    rank, sizes = rank_within_groups(batch_idx, generator)
+    return rank < (sizes.double() * ratio).floor().long()
+
+
+def range_aware_mask(xyz: torch.Tensor, batch_idx: torch.Tensor, range_bins, ratios,
+                     origins: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A masking ratio per horizontal-range bin: ``range_bins`` = upper edges in metres (last may be inf).
+
+    Tokens beyond the last edge use the last ratio. Exactly ``int(ratio * n)`` per (sample, bin) -> (T,) bool.
+    """
+    if len(range_bins) != len(ratios):
+        raise ValueError(f"range_bins ({len(range_bins)}) and ratios ({len(ratios)}) differ in length")
+    for r in ratios:
+        num_masked(1, r)
+    rng, _ = polar_coordinates(xyz, batch_idx, origins)
+    edges = torch.tensor(list(range_bins), dtype=rng.dtype, device=rng.device)
+    bin_idx = torch.bucketize(rng, edges, right=True).clamp(max=len(ratios) - 1)
+    rank, sizes = rank_within_groups(batch_idx * len(ratios) + bin_idx, generator)
+    ratio = torch.tensor(list(ratios), dtype=torch.float64, device=rng.device)[bin_idx]
+    return rank < (sizes.double() * ratio).floor().long()
+
+
+def radial_mask(xyz: torch.Tensor, batch_idx: torch.Tensor, batch_size: int, ratio: float,
+                sector_deg: float = 1.0, origins: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """R-MAE: hide whole angular sectors of width ``sector_deg``; ``int(ratio * S)`` sectors per sample.
+
+    Returns (token mask (T,) bool, sector mask (B, S) bool) — the latter tells the decoder which
+    directions are hidden, e.g. to sample empty query voxels there.
+    """
+    num_masked(1, ratio)
+    num_sectors = int(round(360.0 / sector_deg))
+    if num_sectors < 2 or abs(num_sectors * sector_deg - 360.0) > 1e-6:
+        raise ValueError(f"sector_deg={sector_deg} must divide 360 into at least 2 sectors")
+    noise = torch.rand(batch_size, num_sectors, generator=generator, device=xyz.device)
+    hidden_sectors = noise.argsort(dim=1).argsort(dim=1) < int(ratio * num_sectors)  # (B, S)
+    _, azimuth = polar_coordinates(xyz, batch_idx, origins)
+    sector = (azimuth / (2 * torch.pi) * num_sectors).long().clamp(max=num_sectors - 1)
+    return hidden_sectors[batch_idx, sector], hidden_sectors
