@@ -58,12 +58,27 @@ class Registry:
         return cls(**kwargs, **extra)
 
 
+def accepted_kwargs(fn: Callable) -> list | None:
+    """Keyword names ``fn`` accepts; for a class whose ``__init__`` passes ``**kwargs`` on, its bases' too.
+
+    None when anything goes (a function with ``**kwargs``).
+    """
+    chain = [c.__init__ for c in inspect.getmro(fn) if "__init__" in vars(c)] if inspect.isclass(fn) else [fn]
+    names = []
+    for f in chain:
+        params = inspect.signature(f).parameters
+        names += [n for n, p in params.items()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"]
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return names
+    return None
+
+
 def check_kwargs(fn: Callable, kwargs: Mapping[str, Any], where: str) -> None:
     """Raise ConfigError naming any key that ``fn`` does not accept."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    valid = accepted_kwargs(fn)
+    if valid is None:
         return
-    valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     for key in kwargs:
         if key not in valid:
             raise ConfigError(f"unknown config key '{where}.{key}'{closest(key, valid)}")

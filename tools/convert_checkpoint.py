@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from pcmae.engine.checkpoint import save_checkpoint
-from pcmae.engine.build import build_model
+from pcmae.engine.build import build_model, command_line
 from pcmae.integrations.point_mae_checkpoint import convert_point_mae_file, load_strict
 
 
@@ -31,4 +31,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)()

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from pcmae.engine.build import build_dataset, build_model
+from pcmae.engine.build import build_dataset, build_model, command_line, load_checked_config
 from pcmae.engine.checkpoint import load_checkpoint
-from pcmae.engine.config import TrainConfig, load_config
+from pcmae.engine.config import TrainConfig
+from pcmae.engine.rng import seed_everything
 from pcmae.engine.distributed import is_main_process
 from pcmae.engine.trainer import Trainer
 from pcmae.evaluation.classification import evaluate_accuracy
@@ -41,13 +42,14 @@ def main(argv=None):
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_checked_config(args.config, args.overrides)
     work_dir = Path(args.work_dir or Path("work_dirs") / Path(args.config).stem)
+    seed_everything(cfg["train"].get("seed", 0))  # model init is part of the seeded run
     model = build_model(cfg["model"])
     if args.pretrained and not args.resume:
         model.load_encoder_from_pretrainer(pretrained_state(args.pretrained))
     train_set = build_dataset(cfg["data"]["train"])
-    trainer = Trainer(model, train_set, TrainConfig(**cfg["train"]), work_dir, config=cfg)
+    trainer = Trainer(model, train_set, TrainConfig.from_dict(cfg["train"]), work_dir, config=cfg)
     trainer.fit(resume=args.resume)
     if is_main_process() and "val" in cfg["data"]:
         result = evaluate_accuracy(model, build_dataset(cfg["data"]["val"], where="data.val"))
@@ -57,4 +59,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)()

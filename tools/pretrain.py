@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pcmae.engine.build import build_dataset, build_model
-from pcmae.engine.config import TrainConfig, load_config
+from pcmae.engine.build import build_dataset, build_model, command_line, load_checked_config
+from pcmae.engine.config import TrainConfig
+from pcmae.engine.rng import seed_everything
 from pcmae.engine.distributed import is_main_process
 from pcmae.engine.trainer import Trainer
 from pcmae.evaluation.reconstruction import save_model_reconstructions
@@ -30,11 +31,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_checked_config(args.config, args.overrides)
     work_dir = Path(args.work_dir or Path("work_dirs") / Path(args.config).stem)
+    seed_everything(cfg["train"].get("seed", 0))  # model init is part of the seeded run
     model = build_model(cfg["model"])
     train_set = build_dataset(cfg["data"]["train"])
-    trainer = Trainer(model, train_set, TrainConfig(**cfg["train"]), work_dir, config=cfg)
+    trainer = Trainer(model, train_set, TrainConfig.from_dict(cfg["train"]), work_dir, config=cfg)
     summary = trainer.fit(resume=args.resume)
     if is_main_process() and hasattr(model, "reconstruct"):
         png = save_model_reconstructions(model, train_set, work_dir / "reconstruction.png",
@@ -44,4 +46,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)()

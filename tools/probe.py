@@ -14,9 +14,8 @@ import json
 
 import torch
 
-from pcmae.engine.build import build_dataset, build_model
+from pcmae.engine.build import build_dataset, build_model, command_line, load_checked_config
 from pcmae.engine.checkpoint import load_checkpoint
-from pcmae.engine.config import load_config
 from pcmae.evaluation.probe import linear_probe
 
 
@@ -29,7 +28,7 @@ def main(argv=None):
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_checked_config(args.config, args.overrides)
     if "probe" not in cfg:
         raise SystemExit(f"{args.config}: no 'probe' section (probe.train / probe.test datasets)")
     train_set = build_dataset(cfg["probe"]["train"], where="probe.train")
@@ -58,4 +57,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)()
