@@ -22,7 +22,7 @@ def test_grouper_patches_are_nearest_points_around_fps_centers():
     assert groups.centers.shape == (2, 16, 3) and groups.neighborhoods.shape == (2, 16, 8, 3)
     assert torch.equal(groups.centers[:, 0], xyz[:, 0])  # FPS starts at index 0
     # each patch = the 8 nearest points of its center, made relative
-    d = torch.cdist(groups.centers, xyz)
+    d = torch.cdist(groups.centers, xyz, compute_mode="donot_use_mm_for_euclid_dist")  # exact
     expected = d.topk(8, largest=False).values
     got = groups.neighborhoods.norm(dim=-1).sort(dim=-1).values
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

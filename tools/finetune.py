@@ -40,7 +40,7 @@ def main(argv=None):
     parser.add_argument("--work-dir")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     cfg = load_checked_config(args.config, args.overrides)
     work_dir = Path(args.work_dir or Path("work_dirs") / Path(args.config).stem)

@@ -26,7 +26,7 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     cfg = load_checked_config(args.config, args.overrides)
     if "probe" not in cfg:

@@ -74,6 +74,10 @@ def convert_state_dict(state_dict: dict) -> tuple[dict, str]:
 
 def infer_config(state_dict: dict, kind: str) -> dict:
     """Model keyword arguments implied by the converted weights' shapes (num_groups is not stored: 64)."""
+    required = ["encoder.norm.weight"] + (["reconstruction_head.weight"] if kind == "pretrain" else [])
+    missing = [key for key in required if key not in state_dict]
+    if missing:
+        raise CheckpointMismatchError(f"Point-MAE {kind} checkpoint is missing keys: {missing}")
     blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"encoder\.blocks\.(\d+)\.", k))}
     embed_dim = state_dict["encoder.norm.weight"].shape[0]
     cfg = {"embed_dim": embed_dim, "depth": len(blocks)}
@@ -100,7 +104,8 @@ def read_point_mae_file(path) -> dict:
         raise CheckpointMismatchError(f"{path}: expected a dict, got {type(ckpt).__name__}")
     weights = ckpt.get("base_model", ckpt.get("model", ckpt))
     if not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise CheckpointMismatchError(f"{path}: no state dict under 'base_model' (keys: {sorted(ckpt)[:6]})")
+        raise CheckpointMismatchError(f"{path}: not a Point-MAE checkpoint: no state dict under 'base_model' "
+                                     f"(top-level keys: {sorted(ckpt)[:6]})")
     return weights
 
 

@@ -1,3 +1,5 @@
 from pcmae.pretrainers.point_mae import PointMAE
+from pcmae.pretrainers.radial_mae import RadialMAE
+from pcmae.pretrainers.voxel_mae import VoxelMAE
 
-__all__ = ["PointMAE"]
+__all__ = ["PointMAE", "RadialMAE", "VoxelMAE"]

@@ -1,0 +1,1 @@
+"""Micro-benchmarks of pcmae kernels (``python -m benchmarks.<name>``); not part of the installed package."""
