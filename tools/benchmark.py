@@ -1,11 +1,15 @@
 #!/usr/bin/env python
 """Speed of pcmae against the libraries it could have used, all measured in one run, as markdown tables.
 
-    python tools/benchmark.py [--sections ops] [--sizes 1000,8000,100000] [--repeats 3] [--device cpu]
+    python tools/benchmark.py [--sections ops,train,voxelize] [--sizes 1000,8000,100000] [--repeats 3] [--device cpu]
 
 Each time is the median of ``--repeats`` calls after one warm-up call (one call when the warm-up took
-longer than ``SLOW_CALL_S``). Section ``ops``: farthest point sampling, kNN (k=32) and Chamfer-L2
-(forward + backward) on uniform random clouds in the unit cube.
+longer than ``SLOW_CALL_S``). Sections:
+  ops       farthest point sampling, kNN (k=32) and Chamfer-L2 (forward + backward) on uniform random clouds
+            in the unit cube, against a plain torch loop, each fpsample variant, scipy's cKDTree, dense cdist;
+  train     Point-MAE training steps per second at batch 32 (benchmarks/train.py);
+  voxelize  voxelization 10k -> 2M points with fitted exponents, against torch.unique and spconv's
+            PointToVoxel (benchmarks/voxelize.py).
 
 Adding a section: write ``def bench_NAME(args) -> list[dict]`` (one dict per table row, same keys in every
 row; ``args`` is the parsed command line, add options in ``parse_args``) and register it in ``SECTIONS``.
@@ -17,12 +21,17 @@ import importlib.metadata
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for benchmarks/ (not installed)
+from benchmarks.train import bench_train  # noqa: E402
+from benchmarks.voxelize import bench_voxelize, fit_exponent  # noqa: E402
 from pcmae.ops import chamfer_distance, farthest_point_sample, farthest_point_sample_reference, knn, knn_reference
 from pcmae.ops.fps import _bucket_height, auto_backend
 
@@ -199,8 +208,27 @@ def bench_ops(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------------------- sections in benchmarks/
+
+def bench_voxelize_section(args: argparse.Namespace) -> list[dict]:
+    """Voxelization 10k -> 2M points (KITTI range, 0.05 x 0.05 x 0.1 m, cap 5), with each method's fitted
+    exponent of time ~ N^e."""
+    rows = bench_voxelize(args.voxel_sizes, args.repeats, device=args.device)
+    out = [{"method": r["method"], "points": r["points"], "voxels": r["voxels"], "ms": f"{1e3 * r['seconds']:.1f}",
+            "ns / point": f"{1e9 * r['seconds'] / r['points']:.0f}", "exponent": ""} for r in rows]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        if len(mine) > 1:
+            exponent = fit_exponent([r["points"] for r in mine], [r["seconds"] for r in mine])
+            out.append({"method": method, "points": "fit", "voxels": "", "ms": "", "ns / point": "",
+                        "exponent": f"{exponent:.2f}"})
+    return out
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "ops": bench_ops,
+    "train": bench_train,
+    "voxelize": bench_voxelize_section,
 }
 
 
@@ -234,8 +262,11 @@ def environment(device: str) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="ops", help=f"comma-separated, from {', '.join(SECTIONS)}")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {', '.join(SECTIONS)}")
     parser.add_argument("--sizes", default="1000,8000,100000", help="comma-separated point counts (ops)")
+    parser.add_argument("--voxel-sizes", default="10000,100000,1000000,2000000",
+                        help="comma-separated point counts (voxelize)")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per row (train)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
@@ -245,8 +276,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
     try:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+        args.voxel_sizes = [int(s) for s in args.voxel_sizes.split(",") if s.strip()]
     except ValueError:
-        parser.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
+        parser.error(f"--sizes / --voxel-sizes must be comma-separated integers, got {args.sizes!r}, "
+                     f"{args.voxel_sizes!r}")
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -67,8 +67,9 @@ class PointMAE(nn.Module):
 
     def forward_loss(self, predicted: torch.Tensor, neighborhoods: torch.Tensor, mask: torch.Tensor):
         """Chamfer-L2 between predicted (B, M, K, 3) and true masked patches, averaged over patches."""
-        target = neighborhoods[mask]  # (B*M, K, 3)
-        return chamfer_distance(predicted.reshape(target.shape[0], -1, 3), target, norm=2)
+        target = neighborhoods[mask].float()  # (B*M, K, 3)
+        # float32 even under bf16 autocast: squared distances of ~1e-3 lose too much in bf16
+        return chamfer_distance(predicted.reshape(target.shape[0], -1, 3).float(), target, norm=2)
 
     def forward(self, batch: dict) -> dict:
         points = batch["points"]

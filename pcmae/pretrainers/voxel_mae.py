@@ -194,7 +194,7 @@ class VoxelMAE(nn.Module):
             target, valid = padded_voxel_points(points.xyz, tokens.point_to_voxel, hidden_ids,
                                                 len(tokens.coords), self.max_points_per_voxel or 32)
             target = (target - tokens.centers[mask].unsqueeze(1)) / vs  # voxel units, center at 0
-            pred = self.points_head(hidden).view(len(hidden), self.num_pred_points, 3)
+            pred = self.points_head(hidden).view(len(hidden), self.num_pred_points, 3).float()  # fp32 under autocast
             out["chamfer"] = chamfer_distance(pred, target, y_mask=valid, norm=2)
         out["loss"] = sum(w[k] * out[k] for k in LOSSES if k in out and w[k] > 0)
         return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pcmae.ops import farthest_point_sample, knn
@@ -61,8 +62,20 @@ class MiniPointNet(nn.Module):
 
     def forward(self, neighborhoods: torch.Tensor) -> torch.Tensor:
         b, g, k, _ = neighborhoods.shape
-        x = self.first_conv(neighborhoods.reshape(b * g, k, 3).transpose(1, 2))  # (BG, 256, K)
-        pooled = x.max(dim=2, keepdim=True).values  # (BG, 256, 1)
-        x = torch.cat([pooled.expand(-1, -1, k), x], dim=1)  # (BG, 512, K)
-        x = self.second_conv(x).max(dim=2).values  # (BG, C)
+        x = pointwise(self.first_conv, neighborhoods.reshape(b * g * k, 3)).view(b * g, k, 256)
+        pooled = x.max(dim=1, keepdim=True).values  # (BG, 1, 256)
+        x = torch.cat([pooled.expand(-1, k, -1), x], dim=2).view(b * g * k, 512)
+        x = pointwise(self.second_conv, x).view(b * g, k, self.embed_dim).max(dim=1).values  # (BG, C)
         return x.reshape(b, g, self.embed_dim)
+
+
+def pointwise(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Run 1x1 Conv1d / BatchNorm1d / ReLU layers on channels-last points x: (M, C_in) -> (M, C_out).
+
+    A 1x1 Conv1d is a matmul; on CPU the matmul is ~1.4x faster than mkldnn's conv (forward + backward),
+    and BatchNorm1d's statistics over (M, C) equal those over (M / K, C, K). The Conv1d modules stay for
+    Point-MAE's state-dict layout.
+    """
+    for layer in layers:
+        x = F.linear(x, layer.weight.squeeze(-1), layer.bias) if isinstance(layer, nn.Conv1d) else layer(x)
+    return x
