@@ -5,7 +5,8 @@
     torchrun --nproc_per_node=4 tools/pretrain.py configs/point_mae/shapenet55.yaml
 
 Writes to the work dir: config.yaml, checkpoint_last.pth (+ per-epoch), metrics.jsonl, log.txt,
-tb/ (TensorBoard) and reconstruction.png (input / visible / reconstructed for a few samples).
+tb/ (TensorBoard) and a picture for a few samples: reconstruction.png (objects: input / visible / reconstructed)
+or bev.png (LiDAR: visible / hidden / predicted occupied voxels from above).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pcmae.engine.config import TrainConfig
 from pcmae.engine.rng import seed_everything
 from pcmae.engine.distributed import is_main_process
 from pcmae.engine.trainer import Trainer
+from pcmae.evaluation.bev import save_model_bev
 from pcmae.evaluation.reconstruction import save_model_reconstructions
 
 
@@ -36,12 +38,17 @@ def main(argv=None):
     seed_everything(cfg["train"].get("seed", 0))  # model init is part of the seeded run
     model = build_model(cfg["model"])
     train_set = build_dataset(cfg["data"]["train"])
-    trainer = Trainer(model, train_set, TrainConfig.from_dict(cfg["train"]), work_dir, config=cfg)
+    trainer = Trainer(model, train_set, TrainConfig.from_dict(cfg["train"]), work_dir, config=cfg,
+                      collate_fn=getattr(train_set, "collate_fn", None))  # LiDAR sweeps pack without padding
     summary = trainer.fit(resume=args.resume)
-    if is_main_process() and hasattr(model, "reconstruct"):
-        png = save_model_reconstructions(model, train_set, work_dir / "reconstruction.png",
-                                         num_samples=trainer.cfg.vis_samples)
-        print(f"reconstructions: {png}")
+    if is_main_process():
+        if hasattr(model, "reconstruct"):
+            png = save_model_reconstructions(model, train_set, work_dir / "reconstruction.png",
+                                             num_samples=trainer.cfg.vis_samples)
+            print(f"reconstructions: {png}")
+        elif hasattr(model, "predict_occupancy"):
+            png = save_model_bev(model, train_set, work_dir / "bev.png", num_samples=min(trainer.cfg.vis_samples, 2))
+            print(f"bird's-eye view: {png}")
     return summary
 
 

@@ -70,6 +70,10 @@ def _norm_factory(norm_cfg: dict | None):
     return lambda channels: norm_cls(channels, eps=eps, momentum=momentum)
 
 
+def _triple(value) -> tuple[int, int, int]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,) * 3
+
+
 def _as_tuple(value):
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
@@ -156,6 +160,22 @@ class SparseEncoder(nn.Module):
         for layer in self.modules():
             if isinstance(layer, spconv.conv.SparseConvolution):
                 layer._version = 2  # mmdet3d reads metadata version != 2 as spconv 1.x layout and permutes
+        if min(self.output_shape()) < 1:
+            raise ValueError(f"sparse_shape {sparse_shape} (z, y, x) shrinks to {self.output_shape()} through the "
+                             f"strided convs; SECOND / CenterPoint need z = 41 (a grid of 40 voxels in z, +1)")
+
+    def output_shape(self) -> tuple[int, int, int]:
+        """(D, H, W) of the last sparse tensor; the BEV map is (B, output_channels * D, H, W)."""
+        shape = list(self.sparse_shape)
+        strided = [m for m in self.modules() if type(m).__name__ == "SparseConv3d"]  # strided convs, in order
+        for conv in strided:
+            k, s, p = (_triple(v) for v in (conv.kernel_size, conv.stride, conv.padding))
+            shape = [(n + 2 * p_ - k_) // s_ + 1 for n, k_, s_, p_ in zip(shape, k, s, p)]
+        return tuple(shape)
+
+    @property
+    def bev_channels(self) -> int:
+        return self.output_channels * self.output_shape()[0]
 
     def _conv_module(self, conv_cls, in_channels, out_channels, kernel_size, stride=1, padding=0, indice_key=None,
                      order=None) -> SparseChain:

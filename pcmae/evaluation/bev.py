@@ -42,3 +42,34 @@ def save_bev_png(panels: list[dict], path, extent=None, point_size: float = 0.3)
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
     plt.close(fig)
     return Path(path)
+
+
+def occupancy_panels(outputs: dict, batch_size: int) -> list[dict]:
+    """``model.predict_occupancy`` outputs -> one BEV panel per sample: voxel centers (x, y) of the visible
+    voxels, the hidden occupied voxels, and the query voxels predicted occupied (prob > 0.5)."""
+    tokens, mask = outputs["tokens"], outputs["mask"]
+    query_batch = outputs["query_coords"][:, 0].long()
+    predicted = outputs["prob"] > 0.5
+    panels = []
+    for b in range(batch_size):
+        mine = tokens.batch_idx == b
+        panels.append({"visible": tokens.centers[mine & ~mask, :2].cpu().numpy(),
+                       "hidden": tokens.centers[mine & mask, :2].cpu().numpy(),
+                       "predicted": outputs["query_centers"][(query_batch == b) & predicted, :2].cpu().numpy()})
+    return panels
+
+
+def save_model_bev(model, dataset, path, num_samples: int = 2, seed: int = 0) -> Path:
+    """Mask the first ``num_samples`` sweeps of ``dataset`` with the model's own rule (seeded) and draw
+    visible / hidden / predicted occupied voxels from above."""
+    import torch
+
+    batch = dataset.collate_fn([dataset[i] for i in range(min(num_samples, len(dataset)))])
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    outputs = model.predict_occupancy(batch["points"].to(device))
+    model.train(was_training)
+    pc_range = model.tokenizer.pc_range.tolist()
+    return save_bev_png(occupancy_panels(outputs, batch["points"].batch_size), path, extent=pc_range)

@@ -39,19 +39,48 @@ def neighbour_baseline(query: torch.Tensor, visible: torch.Tensor, grid_size) ->
 
 @torch.no_grad()
 def evaluate_sweep(model, points, generator_seed: int = 0) -> dict:
-    """Scores for one packed batch of sweeps (see module docstring) plus the raw outputs for pictures."""
+    """Scores for one packed batch of sweeps (see module docstring), the per-query predictions
+    (``pred``, ``baseline_pred``, ``labels``) for pooling over sweeps, and the raw outputs for pictures."""
     torch.manual_seed(generator_seed)
     model.eval()
     out = model.predict_occupancy(points)
     tokens, mask, labels = out["tokens"], out["mask"], out["labels"]
-    model_scores = precision_recall_f1(out["prob"] > 0.5, labels)
+    pred = out["prob"] > 0.5
     baseline = neighbour_baseline(out["query_coords"], tokens.coords[~mask], model.grid_size())
-    result = {"model": model_scores, "baseline": precision_recall_f1(baseline, labels),
-              "num_queries": len(labels), "num_hidden": int(labels.sum())}
+    result = {"model": precision_recall_f1(pred, labels), "baseline": precision_recall_f1(baseline, labels),
+              "num_queries": len(labels), "num_hidden": int(labels.sum()),
+              "pred": pred, "baseline_pred": baseline, "labels": labels.bool()}
     real = points.xyz[torch.isin(tokens.point_to_voxel, torch.nonzero(mask).squeeze(1))]
     if model.loss_weights["chamfer"] > 0 and len(real):
         centers = tokens.centers[mask]
         result["chamfer_model"] = chamfer_distance(out["points"].reshape(1, -1, 3), real[None]).item()
         result["chamfer_centers"] = chamfer_distance(centers[None], real[None]).item()
     result["outputs"] = out
+    return result
+
+
+def evaluate_dataset(model, dataset, seeds=(0, 1, 2)) -> dict:
+    """Every sweep of ``dataset`` (one at a time) under each seed's mask: precision / recall / F1 pooled over all
+    queries (micro average) for the model and the neighbour baseline, and mean Chamfer-L2 (m^2) of the rebuilt
+    points next to the voxel-center baseline when the model predicts points."""
+    preds, baselines, labels, chamfer, chamfer_centers = [], [], [], [], []
+    device = next(model.parameters()).device
+    for index in range(len(dataset)):
+        points = dataset.collate_fn([dataset[index]])["points"].to(device)
+        for seed in seeds:
+            r = evaluate_sweep(model, points, generator_seed=seed)
+            preds.append(r["pred"].cpu())
+            baselines.append(r["baseline_pred"].cpu())
+            labels.append(r["labels"].cpu())
+            if "chamfer_model" in r:
+                chamfer.append(r["chamfer_model"])
+                chamfer_centers.append(r["chamfer_centers"])
+    labels_all = torch.cat(labels)
+    result = {"model": precision_recall_f1(torch.cat(preds), labels_all),
+              "baseline": precision_recall_f1(torch.cat(baselines), labels_all),
+              "num_sweeps": len(dataset), "seeds": list(seeds), "num_queries": len(labels_all),
+              "num_hidden": int(labels_all.sum())}
+    if chamfer:
+        result["chamfer_model"] = sum(chamfer) / len(chamfer)
+        result["chamfer_centers"] = sum(chamfer_centers) / len(chamfer_centers)
     return result

@@ -79,7 +79,7 @@ class SparseConvVoxelEncoderDecoder(nn.Module):
         self.encoder = SparseEncoder(**cfg)
         self.register_buffer("pc_range", torch.as_tensor(pc_range, dtype=torch.float32), persistent=False)
         self.pos_scale = pos_scale
-        self.bev_proj = nn.LazyLinear(decoder_dim)
+        self.bev_proj = nn.Linear(self.encoder.bev_channels, decoder_dim)
         self.decoder_pos_embed = mlp([3, 128, decoder_dim])
         self.decoder = mlp([decoder_dim, decoder_dim, decoder_dim])
 
