@@ -12,6 +12,8 @@ $(BIN)/activate:
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[test]"
+	# Waymo's Frame protos without TensorFlow (its declared dependencies pull TF 2.13 and numpy 1.23: 2.8 GB)
+	$(BIN)/pip install -q --no-deps "waymo-open-dataset-tf-2-12-0==1.6.7"
 
 venv: $(BIN)/activate
 

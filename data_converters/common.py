@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pcmae.engine.checkpoint import atomic_write
+from pcmae.io.atomic import atomic_write
 
 INFO_VERSION = "1.1"
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")

@@ -333,3 +333,20 @@ def test_pcd_sweeps_read_the_layout_fields_by_name():
     assert LidarSweeps(sweeps=[str(pcd)])[0]["points"].shape == (1771, 3)
     with pytest.raises(ValueError, match="no field 'intensity'"):
         LidarSweeps(sweeps=[str(pcd)], layout="kitti")[0]
+
+
+def test_info_file_point_columns_give_the_bin_width(tmp_path):
+    """pcmae's converters of other sources (folders, ROS bags) name their columns instead of a dataset layout."""
+    points = np.arange(21, dtype=np.float32).reshape(7, 3)
+    points.tofile(tmp_path / "a.bin")
+    info = {"metainfo": {"dataset": "rosbag", "point_columns": ["x", "y", "z"]},
+            "data_list": [{"lidar_points": {"lidar_path": "a.bin", "num_pts_feats": 3}}]}
+    with open(tmp_path / "infos.pkl", "wb") as f:
+        pickle.dump(info, f)
+    item = LidarSweeps(info_file=str(tmp_path / "infos.pkl"))[0]
+    assert torch.equal(item["points"], torch.from_numpy(points))
+    with pytest.raises(ValueError, match="pass layout="):  # without metainfo columns the width is unknown
+        info["metainfo"] = {"dataset": "rosbag"}
+        with open(tmp_path / "infos.pkl", "wb") as f:
+            pickle.dump(info, f)
+        LidarSweeps(info_file=str(tmp_path / "infos.pkl"))[0]

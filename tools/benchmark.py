@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed of pcmae against the libraries it could have used, all measured in one run, as markdown tables.
 
-    python tools/benchmark.py [--sections ops,train,voxelize] [--sizes 1000,8000,100000] [--repeats 3] [--device cpu]
+    python tools/benchmark.py [--sections ops,train,voxelize,lidar_step] [--sizes 1000,8000,100000] [--repeats 3] [--device cpu]
 
 Each time is the median of ``--repeats`` calls after one warm-up call (one call when the warm-up took
 longer than ``SLOW_CALL_S``). Sections:
@@ -9,7 +9,9 @@ longer than ``SLOW_CALL_S``). Sections:
             in the unit cube, against a plain torch loop, each fpsample variant, scipy's cKDTree, dense cdist;
   train     Point-MAE training steps per second at batch 32 (benchmarks/train.py);
   voxelize  voxelization 10k -> 2M points with fitted exponents, against torch.unique and spconv's
-            PointToVoxel (benchmarks/voxelize.py).
+            PointToVoxel (benchmarks/voxelize.py);
+  lidar_step  voxel tokenizer + one Voxel-MAE training step on a full KITTI sweep, time and peak memory, for
+            the transformer and the spconv backbone (benchmarks/lidar_step.py).
 
 Adding a section: write ``def bench_NAME(args) -> list[dict]`` (one dict per table row, same keys in every
 row; ``args`` is the parsed command line, add options in ``parse_args``) and register it in ``SECTIONS``.
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for benchmarks/ (not installed)
+from benchmarks.lidar_step import bench_lidar_step  # noqa: E402
 from benchmarks.train import bench_train  # noqa: E402
 from benchmarks.voxelize import bench_voxelize, fit_exponent  # noqa: E402
 from pcmae.ops import chamfer_distance, farthest_point_sample, farthest_point_sample_reference, knn, knn_reference
@@ -229,6 +232,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "ops": bench_ops,
     "train": bench_train,
     "voxelize": bench_voxelize_section,
+    "lidar_step": bench_lidar_step,
 }
 
 

@@ -123,7 +123,8 @@ class LidarSweeps(_SweepDataset):
         their file name is joined to it (to ``"pts"`` when their path contains "samples"), else they resolve
         like key frames. pose = ``ego2global @ lidar_points.lidar2ego`` (a missing one is identity).
     layout: "kitti" (x, y, z, intensity), "nuscenes" (+ ring), "waymo" (+ elongation, timestamp) or "xyz": the
-      columns of ``.bin`` files (their size cannot tell). None: taken from the info file's metainfo dataset name;
+      columns of ``.bin`` files (their size cannot tell). None: taken from the info file's metainfo dataset name,
+      else from its ``point_columns`` (pcmae's data_converters write them);
       ``.npy`` files fix their own columns; a ``.bin`` without a layout raises ValueError. ``.pcd`` files give
       x, y, z plus the layout's feature fields by name. ``num_pts_feats`` in info files is not used (mmdet3d's
       own fixtures understate it).
@@ -155,6 +156,7 @@ class LidarSweeps(_SweepDataset):
         if int(num_sweeps) < 1:
             raise ValueError(f"LidarSweeps: num_sweeps must be >= 1, got {num_sweeps}")
         self.layout, self.num_sweeps, self.use_columns = layout, int(num_sweeps), use_columns
+        self.num_columns: Optional[int] = None  # from an info file's metainfo["point_columns"] (no layout)
         self.data_prefix = {"pts": "", **dict(data_prefix or {})}
         if info_file is not None:
             if sweeps is not None:
@@ -208,6 +210,8 @@ class LidarSweeps(_SweepDataset):
             meta = info.get("metainfo") or {}
             name = str(meta.get("dataset", meta.get("DATASET", ""))).lower()
             self.layout = DATASET_LAYOUTS.get(name)
+            if self.layout is None and meta.get("point_columns"):  # pcmae's converters name their columns
+                self.num_columns = len(meta["point_columns"])
         entries = []
         for i, raw in enumerate(info["data_list"]):
             entry = _info_entry(i, raw, info_file)
@@ -242,10 +246,16 @@ class LidarSweeps(_SweepDataset):
             fields = list(BIN_LAYOUTS[self.layout][3:]) if self.layout else None
             points = load_points(path, fields=fields)
         else:
+            if suffix == ".bin" and self.layout is None and self.num_columns is not None:
+                return self._select(load_points(path, columns=self.num_columns), path, where)
             if suffix == ".bin" and self.layout is None:
                 raise ValueError(f"LidarSweeps: {where}: {path} is a raw .bin sweep; pass layout= "
                                  f"(one of {', '.join(BIN_LAYOUTS)}) to say how many columns it has")
             points = load_points(path, layout=self.layout)
+        return self._select(points, path, where)
+
+    def _select(self, points: np.ndarray, path: Path, where: str) -> np.ndarray:
+        """The ``use_columns`` of a loaded sweep."""
         if self.use_columns is not None:
             columns = (list(range(self.use_columns)) if isinstance(self.use_columns, int)
                        else list(self.use_columns))

@@ -1,4 +1,4 @@
-"""Atomic file writes and pcmae checkpoints.
+"""pcmae checkpoints (written atomically with ``pcmae.io.atomic.atomic_write``).
 
 A checkpoint is a dict saved with ``torch.save`` that carries ``FORMAT_KEY``; the trainer's holds
 ``model``, ``optimizer``, ``epoch`` (completed epochs), ``batch_in_epoch``, ``step`` (optimizer steps),
@@ -7,11 +7,11 @@ less (e.g. only ``model`` + ``config``). Everything in it loads with ``weights_o
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import IO, Any, Callable
 
 import torch
+
+from pcmae.io.atomic import atomic_write  # noqa: F401  (re-exported: the engine's writes go through it)
 
 FORMAT_KEY = "pcmae_checkpoint"
 FORMAT_VERSION = 1
@@ -19,41 +19,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """The file exists but is not a readable pcmae checkpoint."""
-
-
-def atomic_write(path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(file)`` on a temp file next to ``path``, fsync it, then rename it over ``path``.
-
-    On any error the temp file is removed and ``path`` keeps its old content (or stays absent).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(path, state: dict) -> Path:

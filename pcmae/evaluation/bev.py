@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pcmae.engine.checkpoint import atomic_write  # noqa: E402
+from pcmae.io.atomic import atomic_write  # noqa: E402
 
 
 def save_bev_png(panels: list[dict], path, extent=None, point_size: float = 0.3) -> Path:
