@@ -4,7 +4,7 @@ Items are ``{"points": (num_points, 3) float32, "label": () int64}`` (ModelNet40
 ``"normals": (num_points, 3)``), the same as the embedded ``SyntheticObjects``.
 
 Subsampling (``sampling``): "first" keeps the first rows, "random" a random subset (a permutation, as
-Point-MAE's ``random_sample``), "fps" farthest point sampling from point 0 (fpsample). Randomness: with
+Point-MAE's ``random_sample``), "fps" farthest point sampling from point 0 (``pcmae.ops``). Randomness: with
 ``seed=None`` each access draws from torch's global RNG (seeded per DataLoader worker from the run seed),
 so a training item gets a fresh subset every epoch; an integer ``seed`` fixes the subset of each item.
 """
@@ -19,9 +19,10 @@ import torch
 from torch.utils.data import Dataset
 
 from pcmae.data.transforms import pc_normalize
-from pcmae.io.errors import PointCloudFormatError
 from pcmae.io.binary import read_npy
+from pcmae.io.errors import PointCloudFormatError
 from pcmae.io.text import read_text
+from pcmae.ops import farthest_point_sample
 from pcmae.registry import DATASETS
 
 SAMPLING = ("first", "random", "fps")
@@ -43,11 +44,8 @@ def subsample(points: np.ndarray, num_points: int, method: str, generator: Optio
         return points[:num_points]
     if method == "random":
         return points[torch.randperm(len(points), generator=generator)[:num_points].numpy()]
-    try:
-        import fpsample
-    except ImportError:
-        raise ImportError("sampling='fps' needs fpsample: pip install fpsample") from None
-    return points[fpsample.fps_sampling(np.ascontiguousarray(points[:, :3]), num_points, start_idx=0)]
+    xyz = torch.from_numpy(np.ascontiguousarray(points[:, :3]))[None]
+    return points[farthest_point_sample(xyz, num_points)[0].numpy()]  # exact, from point 0
 
 
 def _check_common(name: str, split: str, splits, num_points: int, sampling: str) -> None:
