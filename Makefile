@@ -14,6 +14,8 @@ $(BIN)/activate:
 	$(BIN)/pip install -q -e ".[test]"
 	# Waymo's Frame protos without TensorFlow (its declared dependencies pull TF 2.13 and numpy 1.23: 2.8 GB)
 	$(BIN)/pip install -q --no-deps "waymo-open-dataset-tf-2-12-0==1.6.7"
+	# nuscenes-devkit pins numpy<2; its real dependencies come with the extras above
+	$(BIN)/pip install -q --no-deps "nuscenes-devkit==1.2.0"
 
 venv: $(BIN)/activate
 

@@ -9,6 +9,8 @@ voxels = hidden occupied voxels + sampled empty ones -> three targets, weighted 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,38 +40,53 @@ def mlp(dims) -> nn.Sequential:
     return nn.Sequential(*layers[:-1])
 
 
+class FourierPosition(nn.Module):
+    """Voxel centers in metres (N, 3) -> (N, dim): sin / cos of each coordinate at ``num_bands`` wavelengths from
+    two voxels to twice the range, then an MLP. A 1-voxel offset is then as plain to the network as a 50 m one
+    (an MLP of ``xyz / range`` sees neighbouring voxels 0.005 apart and cannot tell them from the same voxel)."""
+
+    def __init__(self, dim: int, min_wavelength: float, max_wavelength: float, num_bands: int = 12):
+        super().__init__()
+        wavelengths = torch.logspace(math.log10(min_wavelength), math.log10(max_wavelength), num_bands)
+        self.register_buffer("frequencies", 2 * math.pi / wavelengths, persistent=False)
+        self.mlp = mlp([6 * num_bands, 128, dim])
+
+    def forward(self, xyz: torch.Tensor) -> torch.Tensor:
+        angles = (xyz.unsqueeze(-1) * self.frequencies).flatten(1)  # (N, 3 * bands)
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
+
+
 class TransformerVoxelEncoderDecoder(nn.Module):
     """Encoder on visible tokens and an MAE decoder over [visible latents, mask tokens at query voxels]."""
 
     def __init__(self, in_dim, embed_dim, depth, num_heads, patch_size, drop_path_rate, decoder_dim,
-                 decoder_depth, decoder_num_heads, pos_scale):
+                 decoder_depth, decoder_num_heads, wavelengths):
         super().__init__()
-        self.pos_scale = pos_scale
         self.input_proj = nn.Linear(in_dim, embed_dim)
-        self.pos_embed = mlp([3, 128, embed_dim])
+        self.pos_embed = FourierPosition(embed_dim, *wavelengths)
         self.encoder = SerializedPatchTransformer(embed_dim, depth, num_heads, patch_size, drop_path_rate)
         self.encoder_to_decoder = nn.Linear(embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, decoder_dim))
-        self.decoder_pos_embed = mlp([3, 128, decoder_dim])
+        self.decoder_pos_embed = FourierPosition(decoder_dim, *wavelengths)
         self.decoder = SerializedPatchTransformer(decoder_dim, decoder_depth, decoder_num_heads, patch_size)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def encode(self, features, coords, centers, batch_size):
         """Visible tokens (V, C) -> latents (V, D)."""
-        return self.encoder(self.input_proj(features), coords, self.pos_embed(centers / self.pos_scale))
+        return self.encoder(self.input_proj(features), coords, self.pos_embed(centers))
 
     def decode(self, latent, visible_coords, visible_centers, query_coords, query_centers, batch_size):
         """-> (Q, decoder_dim) features of the query voxels."""
         x = torch.cat([self.encoder_to_decoder(latent), self.mask_token.expand(len(query_coords), -1)])
         coords = torch.cat([visible_coords, query_coords])
-        pos = self.decoder_pos_embed(torch.cat([visible_centers, query_centers]) / self.pos_scale)
+        pos = self.decoder_pos_embed(torch.cat([visible_centers, query_centers]))
         return self.decoder(x, coords, pos)[len(latent):]
 
 
 class SparseConvVoxelEncoderDecoder(nn.Module):
     """mmdet3d-compatible SparseEncoder on visible voxels; queries read the BEV map at their (x, y)."""
 
-    def __init__(self, in_dim, grid_size, pc_range, decoder_dim, sparse_encoder: dict | None, pos_scale):
+    def __init__(self, in_dim, grid_size, pc_range, decoder_dim, sparse_encoder: dict | None, wavelengths):
         super().__init__()
         from pcmae.backbones.sparse_encoder import SparseEncoder  # needs the optional spconv
 
@@ -78,9 +95,8 @@ class SparseConvVoxelEncoderDecoder(nn.Module):
         check_kwargs(SparseEncoder, cfg, "model.sparse_encoder")
         self.encoder = SparseEncoder(**cfg)
         self.register_buffer("pc_range", torch.as_tensor(pc_range, dtype=torch.float32), persistent=False)
-        self.pos_scale = pos_scale
         self.bev_proj = nn.Linear(self.encoder.bev_channels, decoder_dim)
-        self.decoder_pos_embed = mlp([3, 128, decoder_dim])
+        self.decoder_pos_embed = FourierPosition(decoder_dim, *wavelengths)
         self.decoder = mlp([decoder_dim, decoder_dim, decoder_dim])
 
     def encode(self, features, coords, centers, batch_size):
@@ -97,7 +113,7 @@ class SparseConvVoxelEncoderDecoder(nn.Module):
         out = query_centers.new_zeros(len(query_coords), bev.shape[1])
         for sel, f in feats:
             out[sel] = f
-        x = self.bev_proj(out) + self.decoder_pos_embed(query_centers / self.pos_scale)
+        x = self.bev_proj(out) + self.decoder_pos_embed(query_centers)
         return self.decoder(x)
 
 
@@ -126,15 +142,16 @@ class VoxelMAE(nn.Module):
         # --- tokenizer -----------------------------------------------------------------------
         self.tokenizer = VoxelTokenizer(point_channels, embed_dim, voxel_size, point_cloud_range,
                                         max_points_per_voxel, mode=tokenizer)
-        pos_scale = max(abs(v) for v in point_cloud_range)
+        extent = max(hi - lo for lo, hi in zip(point_cloud_range[:3], point_cloud_range[3:]))
+        wavelengths = (2 * min(voxel_size), 2 * extent)  # from two voxels to twice the range
         # --- encoder + decoder -------------------------------------------------------------------
         if backbone == "transformer":
             self.backbone = TransformerVoxelEncoderDecoder(
                 self.tokenizer.embed_dim, embed_dim, depth, num_heads, patch_size, drop_path_rate, decoder_dim,
-                decoder_depth, decoder_num_heads, pos_scale)
+                decoder_depth, decoder_num_heads, wavelengths)
         elif backbone == "sparse_conv":
             self.backbone = SparseConvVoxelEncoderDecoder(self.tokenizer.embed_dim, self.grid_size(),
-                                                          point_cloud_range, decoder_dim, sparse_encoder, pos_scale)
+                                                          point_cloud_range, decoder_dim, sparse_encoder, wavelengths)
         else:
             raise ValueError(f"model.backbone must be 'transformer' or 'sparse_conv', got {backbone!r}")
         # --- heads -----------------------------------------------------------------------------
