@@ -15,6 +15,7 @@ import pytest
 
 from scipy.spatial.transform import Rotation
 
+from benchmarks.converter_inputs import full_size_frame, spin_pose
 from data_converters import tfrecord, waymo
 from data_converters.common import ConversionError, FrameTask
 from data_converters.waymo_range_image import (COLUMNS, beam_inclinations, decode_matrix, encode_matrix,
@@ -257,17 +258,6 @@ def snap_to_pixel_rays(points, pixels, extrinsic, inclinations, width, pixel_pos
     return np.einsum("nij,nj->ni", lidar_to_frame[:, :3, :3], ray) + lidar_to_frame[:, :3, 3]
 
 
-def spin_pose(frame_pose, width, height, speed=12.0, yaw_rate=0.3, spin=0.1):
-    """(H, W, 6) float32 pixel pose of a vehicle driving forward and turning during one lidar spin."""
-    rpy = Rotation.from_matrix(frame_pose[:3, :3]).as_euler("ZYX")[::-1]
-    times = (0.5 - (np.arange(width) + 0.5) / width) * spin  # time of each column from mid-spin (frame pose)
-    pose = np.zeros((height, width, 6))
-    pose[..., :3] = rpy
-    pose[..., 2] += yaw_rate * times
-    pose[..., 3:] = frame_pose[:3, 3] + np.outer(times * speed, frame_pose[:3, 0])[None]
-    return pose.astype(np.float32)
-
-
 def laser_images(points, features, extrinsic, inclinations, width, pixel_pose=None, frame_pose=None):
     """Known points on pixel rays (snapped real points) and their range image."""
     _, kept = points_to_range_image(points, features, extrinsic, inclinations, width, pixel_pose, frame_pose)
@@ -462,31 +452,10 @@ def test_cli_reports_missing_input_and_missing_protos(tmp_path, capsys, monkeypa
 
 
 # ------------------------------------------------------------------------------------------ throughput
-def full_size_frame(seed=0):
-    """A frame of real calibrations with every TOP pixel hit (64 x 2650) plus 3% second returns, and 4
-    short-range lidars (200 x 600) at 3% / 0.5% fill: ~190k points."""
-    rng = np.random.default_rng(seed)
-    frame = val_frame()
-    frame_pose = np.asarray(frame.pose.transform, np.float64).reshape(4, 4)
-    for name in range(1, 6):
-        height, width = (64, 2650) if name == TOP else (200, 600)
-        laser = frame.lasers.add(name=name)
-        for return_index, fill in ((1, 1.0 if name == TOP else 0.03), (2, 0.03 if name == TOP else 0.005)):
-            image = np.zeros((height, width, 4), np.float32)
-            hit = rng.random((height, width)) < fill
-            image[hit] = np.column_stack([rng.uniform(2, 75, hit.sum()), rng.uniform(0, 1, hit.sum()),
-                                          rng.uniform(0, 0.5, hit.sum()), -np.ones(hit.sum())])
-            target = laser.ri_return1 if return_index == 1 else laser.ri_return2
-            target.range_image_compressed = encode_matrix(image)
-        if name == TOP:
-            laser.ri_return1.range_image_pose_compressed = encode_matrix(spin_pose(frame_pose, width, height))
-    return frame
-
-
 @needs_protos
 @pytest.mark.slow
 def test_full_size_frame_throughput(tmp_path):
-    path = tfrecord.write_records(tmp_path / "full.tfrecord", [full_size_frame().SerializeToString()])
+    path = tfrecord.write_records(tmp_path / "full.tfrecord", [full_size_frame(val_frame()).SerializeToString()])
     (task,) = waymo.build_tasks([path], "training")
     start = time.perf_counter()
     runs = 3

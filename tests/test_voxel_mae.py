@@ -13,7 +13,7 @@ from pcmae.data import SimulatedLidarSweeps
 from pcmae.engine.build import build_model, load_checked_config
 from pcmae.evaluation.occupancy import neighbour_baseline, precision_recall_f1
 from pcmae.pretrainers import RadialMAE, VoxelMAE
-from pcmae.pretrainers.voxel_targets import is_occupied, padded_voxel_points, sample_empty_voxels
+from pcmae.pretrainers.voxel_targets import is_occupied, neighbour_mean, padded_voxel_points, sample_empty_voxels
 from pcmae.registry import ConfigError
 from pcmae.structures import PointBatch
 from pcmae.tokenizers.voxel_tokenizer import VoxelTokenizer
@@ -197,3 +197,18 @@ def test_every_lidar_config_validates_and_builds(path):
         pytest.skip(f"spconv missing: {INSTALL_HINT}")
     model = build_model(cfg["model"])
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_neighbour_mean_against_a_loop():
+    g = torch.Generator().manual_seed(3)
+    coords = torch.unique(torch.cat([torch.randint(0, 2, (60, 1), generator=g),
+                                     torch.randint(0, 4, (60, 3), generator=g)], 1), dim=0)
+    values = torch.randn(len(coords), 2, generator=g)
+    query = torch.cat([torch.randint(0, 2, (30, 1), generator=g), torch.randint(-1, 5, (30, 3), generator=g)], 1)
+    mean, count = neighbour_mean(query, coords, values)
+    for i, q in enumerate(query.tolist()):
+        near = [j for j, c in enumerate(coords.tolist())
+                if c[0] == q[0] and c[1:] != q[1:] and max(abs(a - b) for a, b in zip(c[1:], q[1:])) <= 1]
+        assert count[i] == len(near)
+        if near:
+            torch.testing.assert_close(mean[i], values[near].mean(0))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed of pcmae against the libraries it could have used, all measured in one run, as markdown tables.
 
-    python tools/benchmark.py [--sections ops,train,voxelize,lidar_step] [--sizes 1000,8000,100000] [--repeats 3] [--device cpu]
+    python tools/benchmark.py [--sections ops,train,voxelize,lidar_step,converters] [--sizes 1000,8000,100000] [--repeats 3] [--device cpu]
 
 Each time is the median of ``--repeats`` calls after one warm-up call (one call when the warm-up took
 longer than ``SLOW_CALL_S``). Sections:
@@ -11,7 +11,8 @@ longer than ``SLOW_CALL_S``). Sections:
   voxelize  voxelization 10k -> 2M points with fitted exponents, against torch.unique and spconv's
             PointToVoxel (benchmarks/voxelize.py);
   lidar_step  voxel tokenizer + one Voxel-MAE training step on a full KITTI sweep, time and peak memory, for
-            the transformer and the spconv backbone (benchmarks/lidar_step.py).
+            the transformer and the spconv backbone (benchmarks/lidar_step.py);
+  converters  frames per second per worker of each data converter, 1 and 2 workers (benchmarks/converters.py).
 
 Adding a section: write ``def bench_NAME(args) -> list[dict]`` (one dict per table row, same keys in every
 row; ``args`` is the parsed command line, add options in ``parse_args``) and register it in ``SECTIONS``.
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for benchmarks/ (not installed)
+from benchmarks import converters  # noqa: E402
 from benchmarks.lidar_step import bench_lidar_step  # noqa: E402
 from benchmarks.train import bench_train  # noqa: E402
 from benchmarks.voxelize import bench_voxelize, fit_exponent  # noqa: E402
@@ -228,11 +230,19 @@ def bench_voxelize_section(args: argparse.Namespace) -> list[dict]:
     return out
 
 
+def bench_converters_section(args: argparse.Namespace) -> list[dict]:
+    """Each data converter on real (or full-size synthetic) frames, 1 and 2 workers."""
+    rows = converters.bench_converters(argparse.Namespace(sources=list(converters.SOURCES), workers=[1, 2],
+                                                          repeat=2))
+    return [{**r, **{k: f"{v:.2f}" for k, v in r.items() if isinstance(v, float)}} for r in rows]
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "ops": bench_ops,
     "train": bench_train,
     "voxelize": bench_voxelize_section,
     "lidar_step": bench_lidar_step,
+    "converters": bench_converters_section,
 }
 
 

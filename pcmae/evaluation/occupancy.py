@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from pcmae.ops import chamfer_distance
-from pcmae.pretrainers.voxel_targets import is_occupied
+from pcmae.pretrainers.voxel_targets import neighbour_mean
 
 
 def precision_recall_f1(pred: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -25,16 +25,10 @@ def precision_recall_f1(pred: torch.Tensor, labels: torch.Tensor) -> dict:
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
-def neighbour_baseline(query: torch.Tensor, visible: torch.Tensor, grid_size) -> torch.Tensor:
+def neighbour_baseline(query: torch.Tensor, visible: torch.Tensor, grid_size=None) -> torch.Tensor:
     """(Q, 4) query voxels -> (Q,) bool: True when any of the 26 neighbours is a visible voxel."""
-    offsets = torch.stack(torch.meshgrid(*[torch.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    offsets = offsets[(offsets != 0).any(1)].to(query.device)
-    hit = torch.zeros(len(query), dtype=torch.bool, device=query.device)
-    for off in offsets:
-        shifted = query.long().clone()
-        shifted[:, 1:] += off
-        hit |= is_occupied(shifted, visible, grid_size)
-    return hit
+    ones = torch.ones(len(visible), 1, device=visible.device)
+    return neighbour_mean(query, visible, ones)[1] > 0
 
 
 @torch.no_grad()

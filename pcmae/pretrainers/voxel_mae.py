@@ -18,7 +18,7 @@ from torch import nn
 from pcmae.backbones.serialized_transformer import SerializedPatchTransformer
 from pcmae.masking import radial_mask, random_token_mask, range_aware_mask
 from pcmae.ops import chamfer_distance
-from pcmae.pretrainers.voxel_targets import padded_voxel_points, sample_empty_voxels
+from pcmae.pretrainers.voxel_targets import neighbour_mean, padded_voxel_points, sample_empty_voxels
 from pcmae.registry import MODELS, check_kwargs
 from pcmae.structures import PointBatch
 from pcmae.tokenizers.voxel_tokenizer import VoxelTokenizer
@@ -57,7 +57,11 @@ class FourierPosition(nn.Module):
 
 
 class TransformerVoxelEncoderDecoder(nn.Module):
-    """Encoder on visible tokens and an MAE decoder over [visible latents, mask tokens at query voxels]."""
+    """Encoder on visible tokens and an MAE decoder over [visible latents, mask tokens at query voxels].
+
+    Each query's mask token also gets the mean latent of its visible 26-neighbours and their count: patch
+    attention alone (a z-order patch may cut a voxel off from its neighbours) learned occupancy no better than
+    "a neighbour is visible" on real KITTI sweeps; with the local context it starts from there."""
 
     def __init__(self, in_dim, embed_dim, depth, num_heads, patch_size, drop_path_rate, decoder_dim,
                  decoder_depth, decoder_num_heads, wavelengths):
@@ -67,6 +71,7 @@ class TransformerVoxelEncoderDecoder(nn.Module):
         self.encoder = SerializedPatchTransformer(embed_dim, depth, num_heads, patch_size, drop_path_rate)
         self.encoder_to_decoder = nn.Linear(embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, decoder_dim))
+        self.query_context = nn.Linear(decoder_dim + 1, decoder_dim)
         self.decoder_pos_embed = FourierPosition(decoder_dim, *wavelengths)
         self.decoder = SerializedPatchTransformer(decoder_dim, decoder_depth, decoder_num_heads, patch_size)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -77,7 +82,10 @@ class TransformerVoxelEncoderDecoder(nn.Module):
 
     def decode(self, latent, visible_coords, visible_centers, query_coords, query_centers, batch_size):
         """-> (Q, decoder_dim) features of the query voxels."""
-        x = torch.cat([self.encoder_to_decoder(latent), self.mask_token.expand(len(query_coords), -1)])
+        visible = self.encoder_to_decoder(latent)
+        context, count = neighbour_mean(query_coords, visible_coords, visible)  # (Q, D), (Q,)
+        queries = self.mask_token + self.query_context(torch.cat([context, count.unsqueeze(1) / 26.0], dim=1))
+        x = torch.cat([visible, queries])
         coords = torch.cat([visible_coords, query_coords])
         pos = self.decoder_pos_embed(torch.cat([visible_centers, query_centers]))
         return self.decoder(x, coords, pos)[len(latent):]
