@@ -3,7 +3,8 @@ backbones (patch-attention transformer, spconv SparseEncoder), time and peak mem
 
 The sweep is KITTI 000000 from ../shared/data (or $PCMAE_SHARED_DATA) when present, else a simulated HDL-64E
 sweep; SECOND's grid (0.05 x 0.05 x 0.1 m in [0, 70.4] x [-40, 40] x [-3, 1]). Each backbone runs in a fresh
-process so its peak resident memory (ru_maxrss, minus the process's size before the step) is its own.
+process; peak memory is the resident-set high-water mark during the steps (VmHWM, reset after set-up) minus
+the resident size before them.
 
     python -m benchmarks.lidar_step [--repeats 3]
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -44,8 +44,17 @@ def load_sweep():
     return points, "simulated HDL-64E (KITTI sweep not found)"
 
 
-def _max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def _status_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process from /proc, in MB."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024  # kB
+
+
+def _reset_peak() -> None:
+    """Start VmHWM again from the current size (Linux >= 4.0), so imports and set-up do not count."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def _measure(name: str, repeats: int, queue) -> None:
@@ -60,7 +69,8 @@ def _measure(name: str, repeats: int, queue) -> None:
     model = VoxelMAE(point_channels=4, voxel_size=SECOND_VOXEL, point_cloud_range=KITTI_RANGE,
                      max_points_per_voxel=5, **MODELS[name])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    before = _max_rss_mb()
+    _reset_peak()
+    before = _status_mb("VmRSS")
     token_times, step_times = [], []
     for _ in range(repeats + 1):
         start = time.perf_counter()
@@ -76,7 +86,7 @@ def _measure(name: str, repeats: int, queue) -> None:
     queue.put({"backbone": name, "sweep": source, "points": len(points), "voxels": len(tokens.coords),
                "tokenizer ms": f"{1e3 * statistics.median(token_times[1:]):.0f}",
                "train step s": f"{statistics.median(step_times[1:]):.2f}",
-               "peak memory MB": f"{_max_rss_mb() - before:.0f}"})
+               "peak memory MB": f"{_status_mb('VmHWM') - before:.0f}"})
 
 
 def bench_lidar_step(args: argparse.Namespace) -> list[dict]:

@@ -113,20 +113,24 @@ class SparseConvVoxelEncoderDecoder(nn.Module):
     def decode(self, bev, visible_coords, visible_centers, query_coords, query_centers, batch_size):
         lo, hi = self.pc_range[:2], self.pc_range[3:5]
         grid = ((query_centers[:, :2] - lo) / (hi - lo) * 2 - 1)  # x, y in [-1, 1]
-        feats = []
-        for b in range(batch_size):
+        sampled = query_centers.new_zeros(len(query_coords), bev.shape[1])
+        for b in range(batch_size):  # bilinear read of each sample's BEV map at its queries' (x, y)
             sel = query_coords[:, 0] == b
-            g = grid[sel].view(1, -1, 1, 2)
-            feats.append((sel, F.grid_sample(bev[b:b + 1], g, align_corners=False)[0, :, :, 0].T))
-        out = query_centers.new_zeros(len(query_coords), bev.shape[1])
-        for sel, f in feats:
-            out[sel] = f
-        x = self.bev_proj(out) + self.decoder_pos_embed(query_centers)
+            sampled[sel] = F.grid_sample(bev[b:b + 1], grid[sel].view(1, -1, 1, 2), align_corners=False)[0, :, :, 0].T
+        x = self.bev_proj(sampled) + self.decoder_pos_embed(query_centers)
         return self.decoder(x)
 
 
 @MODELS.register
 class VoxelMAE(nn.Module):
+    """batch {"points": PointBatch (N, point_channels)} -> {"loss", "occupancy", "num_points", "chamfer", ...}.
+
+    voxel_size / point_cloud_range: the grid, metres; backbone: "transformer" (embed_dim, depth, num_heads,
+    patch_size, decoder_*) or "sparse_conv" (mmdet3d SparseEncoder, kwargs in ``sparse_encoder``; grid z must be
+    40 voxels for SECOND's default); tokenizer: "pointnet" or "mean"; masking: {type: random | range_aware |
+    radial, ...}; empty_per_masked: sampled empty query voxels per hidden voxel; loss_weights: per target.
+    """
+
     def __init__(self, point_channels: int = 4, voxel_size=(0.2, 0.2, 0.2),
                  point_cloud_range=(-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), max_points_per_voxel: int = 32,
                  backbone: str = "transformer", tokenizer: str = "pointnet", embed_dim: int = 128, depth: int = 4,
