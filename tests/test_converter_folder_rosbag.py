@@ -34,7 +34,7 @@ def kitti_velodyne() -> Path:
     return shared_data_path("openpcdet", "data", "kitti", "training", "velodyne")
 
 
-def test_folder_of_bins_with_tum_poses(kitti_velodyne, tmp_path):
+def test_folder_of_bins_with_tum_poses(kitti_velodyne, tmp_path, capsys):
     from pcmae.data import LidarSweeps
 
     files = [kitti_velodyne / f"{i:06d}.bin" for i in (2, 0, 1)]
@@ -60,6 +60,12 @@ def test_folder_of_bins_with_tum_poses(kitti_velodyne, tmp_path):
         velodyne = np.fromfile(kitti_velodyne / f"{i:06d}.bin", "<f4").reshape(-1, 4)
         np.testing.assert_array_equal(item["points"].numpy(), velodyne)
         np.testing.assert_allclose(item["pose"].numpy(), entries[i]["ego2global"])
+    # a second run converts nothing and leaves every point file as it was
+    written = {p.name: p.stat().st_mtime_ns for p in (out / "points").iterdir()}
+    assert folder.main(["--root", str(root), "--out", str(out), "--layout", "kitti",
+                        "--poses", str(tmp_path / "poses.txt")]) == 0
+    assert "converted 0, already done 3" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "points").iterdir()} == written
 
 
 def test_folder_of_named_formats(tmp_path):
@@ -256,7 +262,7 @@ def cloud_messages(ros1: bool):
 
 @needs_rosbags
 @pytest.mark.parametrize("ros1", [True, False], ids=["ros1", "ros2"])
-def test_bag_points_round_trip(tmp_path, ros1):
+def test_bag_points_round_trip(tmp_path, ros1, capsys):
     bag = write_bag(tmp_path / ("drive.bag" if ros1 else "drive"), ros1, cloud_messages(ros1))
     out = tmp_path / "out"
     assert rosbag.main(["--root", str(bag), "--out", str(out), "--topic", "/points"]) == 0
@@ -271,6 +277,8 @@ def test_bag_points_round_trip(tmp_path, ros1):
         np.testing.assert_array_equal(got, expected)
         assert entry["timestamp"] == pytest.approx(stamp, abs=1e-6)
         assert entry["lidar_points"]["frame_id"] == "velodyne"
+    assert rosbag.main(["--root", str(bag), "--out", str(out), "--topic", "/points"]) == 0  # again: nothing to do
+    assert "converted 0, already done 3" in capsys.readouterr().out
 
     assert rosbag.main(["--root", str(bag), "--out", str(tmp_path / "nus"), "--topic", "/points",
                         "--layout", "nuscenes", "--workers", "2"]) == 0

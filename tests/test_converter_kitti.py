@@ -298,3 +298,92 @@ def test_task_keys_are_stable_and_safe(kitti_root):
     tasks = kitti.object_tasks(kitti_root, "training")
     assert [t.key for t in tasks] == [f"kitti_training_{i:06d}" for i in range(5)]
     assert all(isinstance(t, FrameTask) and Path(t.source).is_file() for t in tasks)
+
+
+# ------------------------------------------------------------------------------------------------ mmdet3d
+def import_mmdet3d_datasets():
+    """mmdet3d.datasets, or skip: an optional integration check (mmdet3d 1.x, whose box classes import mmcv.ops)."""
+    try:
+        import mmdet3d  # noqa: F401
+    except (ImportError, AssertionError) as err:  # mmdet3d asserts a compatible mmcv / mmdet on import
+        pytest.skip(f"mmdet3d is not importable ({err}); optional: mmengine, mmdet==3.3.0, mmdet3d==1.4.0 with "
+                    f"--no-deps and mmcv 2.1.0 built with ops")
+    try:
+        import mmcv.ops  # noqa: F401
+    except ImportError as err:
+        pytest.skip(f"mmdet3d's datasets need mmcv with compiled ops (mmcv-lite has none): {err}")
+    import mmdet3d.datasets
+
+    return mmdet3d.datasets
+
+
+def build_mmdet3d_dataset(name: str, **kwargs):
+    """mmdet3d.datasets.<name>(**kwargs), its pipeline's transform names looked up in mmdet3d's registry."""
+    datasets = import_mmdet3d_datasets()
+    from mmengine.registry import DefaultScope
+
+    with DefaultScope.overwrite_default_scope("mmdet3d"):
+        return getattr(datasets, name)(**kwargs)
+
+
+def test_mmdet3d_kitti_dataset_reads_our_info_file(kitti_root, converted):
+    """mmdet3d's own KittiDataset and loading transforms over the converted real frames: points, labels, and the
+    gt boxes it turns into LiDAR boxes (with CAM2's lidar2cam), checked against OpenPCDet's gt_database crops."""
+    import_mmdet3d_datasets()  # skips without mmdet3d / mmcv.ops
+    from mmcv.ops import points_in_boxes_cpu
+
+    out, info = converted
+    pipeline = [dict(type="LoadPointsFromFile", coord_type="LIDAR", load_dim=4, use_dim=4),
+                dict(type="LoadAnnotations3D", with_bbox_3d=True, with_label_3d=True),
+                dict(type="Pack3DDetInputs", keys=["points", "gt_bboxes_3d", "gt_labels_3d"])]
+    dataset = build_mmdet3d_dataset("KittiDataset", data_root=str(out), ann_file="kitti_infos_training.pkl",
+                                    data_prefix=dict(pts="points"), pipeline=pipeline,
+                                    modality=dict(use_lidar=True, use_camera=False))
+    assert len(dataset) == 5
+    # our label ids are mmdet3d's KITTI class indices (DontCare -1)
+    assert info["metainfo"]["categories"] == {**{n: i for i, n in enumerate(dataset.metainfo["classes"])},
+                                              "DontCare": -1}
+    crop_boxes = {}
+    for index, ours in enumerate(info["data_list"]):
+        frame = ours["token"]
+        data = dataset.get_data_info(index)
+        assert data["sample_idx"] == int(frame)
+        assert data["lidar_points"]["lidar_path"] == str(out / "points" / f"kitti_training_{frame}.bin")
+        cared = [i for i in ours["instances"] if i["bbox_label_3d"] != -1]  # mmdet3d drops DontCare
+        labels = data["ann_info"]["gt_labels_3d"]
+        np.testing.assert_array_equal(labels, [i["bbox_label_3d"] for i in cared])
+        boxes = data["ann_info"]["gt_bboxes_3d"]
+        assert type(boxes).__name__ == "LiDARInstance3DBoxes" and boxes.tensor.shape == (len(cared), 7)
+        calib = kitti.read_object_calib(kitti_root / "training" / "calib" / f"{frame}.txt")
+        expected = kitti.camera_boxes_to_lidar(np.array([i["bbox_3d"] for i in cared]),
+                                               calib["R0_rect"] @ calib["Tr_velo_to_cam"])
+        got = boxes.tensor.numpy().astype(np.float64)
+        np.testing.assert_allclose(got[:, :6], expected[:, :6], atol=1e-4, err_msg=frame)
+        np.testing.assert_allclose((got[:, 6] - expected[:, 6] + np.pi) % (2 * np.pi) - np.pi, 0, atol=1e-5)
+        # the training pipeline loads the raw velodyne points; mmcv's point-in-box op gives our num_lidar_pts
+        item = dataset.prepare_data(index)  # None if mmdet3d found no boxes (dataset[i] would draw another frame)
+        assert item is not None, frame
+        sample = item["data_samples"]
+        assert sample.sample_idx == int(frame) and sample.lidar_path == data["lidar_points"]["lidar_path"]
+        points = item["inputs"]["points"]
+        velodyne = np.fromfile(kitti_root / "training" / "velodyne" / f"{frame}.bin", "<f4").reshape(-1, 4)
+        np.testing.assert_array_equal(points.numpy(), velodyne)
+        np.testing.assert_array_equal(sample.gt_instances_3d.labels_3d.numpy(), labels)
+        np.testing.assert_array_equal(sample.gt_instances_3d.bboxes_3d.tensor.numpy(), boxes.tensor.numpy())
+        inside = points_in_boxes_cpu(points[None, :, :3].float(), boxes.tensor[None, :, :7].float())
+        assert inside[0].sum(0).tolist() == [i["num_lidar_pts"] for i in cared], frame
+        crop_boxes[frame] = boxes, [dataset.metainfo["classes"][label] for label in labels], \
+            [i["index"] for i in cared]
+    # OpenPCDet's crops (<frame>_<Class>_<label line>.bin) are centred on each box's gravity centre
+    crops = sorted((kitti_root / "gt_database").glob("*.bin"))
+    assert len(crops) == 9
+    for crop_file in crops:
+        frame, name, line = crop_file.stem.split("_")
+        boxes, names, lines = crop_boxes[frame]
+        k = lines.index(int(line))
+        assert names[k] == name, crop_file.name
+        crop = np.fromfile(crop_file, dtype="<f4").reshape(-1, 4)
+        shifted = crop[:, :3].astype(np.float64) + boxes.gravity_center.numpy()[k]
+        velodyne = np.fromfile(kitti_root / "training" / "velodyne" / f"{frame}.bin", "<f4").reshape(-1, 4)
+        distance, _ = cKDTree(velodyne[:, :3]).query(shifted)
+        assert distance.max() < 1e-4, crop_file.name

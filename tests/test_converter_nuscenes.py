@@ -545,3 +545,83 @@ def test_missing_ego_pose_and_lidar_file_fail_their_frames(raw_root, tmp_path):
     assert f"ego_pose token '{token('ego', sweep_token)}'" in failed[sample_order.index(second)]
     assert str(demo_link) in failed[sample_order.index(demo_fixture_entry()["token"])]
     assert sum("has no LIDAR_TOP key-frame sample_data" in e for e in failed.values()) == 3
+
+
+# ------------------------------------------------------------------------------------------------ mmdet3d
+def import_mmdet3d_datasets():
+    """mmdet3d.datasets, or skip: an optional integration check (mmdet3d 1.x, whose box classes import mmcv.ops)."""
+    try:
+        import mmdet3d  # noqa: F401
+    except (ImportError, AssertionError) as err:  # mmdet3d asserts a compatible mmcv / mmdet on import
+        pytest.skip(f"mmdet3d is not importable ({err}); optional: mmengine, mmdet==3.3.0, mmdet3d==1.4.0 with "
+                    f"--no-deps and mmcv 2.1.0 built with ops")
+    try:
+        import mmcv.ops  # noqa: F401
+    except ImportError as err:
+        pytest.skip(f"mmdet3d's datasets need mmcv with compiled ops (mmcv-lite has none): {err}")
+    import mmdet3d.datasets
+
+    return mmdet3d.datasets
+
+
+def build_mmdet3d_dataset(name: str, **kwargs):
+    """mmdet3d.datasets.<name>(**kwargs), its pipeline's transform names looked up in mmdet3d's registry."""
+    datasets = import_mmdet3d_datasets()
+    from mmengine.registry import DefaultScope
+
+    with DefaultScope.overwrite_default_scope("mmdet3d"):
+        return getattr(datasets, name)(**kwargs)
+
+
+def test_mmdet3d_nuscenes_dataset_reads_our_info_file(converted):
+    """mmdet3d's own NuScenesDataset and loading transforms over the converted folder: paths, boxes, labels,
+    velocities and the multi-sweep stack, which must equal our LidarSweeps reader's."""
+    import_mmdet3d_datasets()  # skips without mmdet3d / mmcv.ops
+    from pcmae.data import LidarSweeps
+
+    out = converted["out"]
+    ours = converted["mini_train"]["data_list"][1]
+    assert ours["token"] == nus_fixture_entries()[1]["token"] and len(ours["lidar_sweeps"]) == 2
+    pipeline = [dict(type="LoadPointsFromFile", coord_type="LIDAR", load_dim=5, use_dim=5),
+                dict(type="LoadPointsFromMultiSweeps", sweeps_num=10, load_dim=5, use_dim=[0, 1, 2, 3, 4],
+                     pad_empty_sweeps=True, remove_close=False),
+                dict(type="LoadAnnotations3D", with_bbox_3d=True, with_label_3d=True),
+                dict(type="Pack3DDetInputs", keys=["points", "gt_bboxes_3d", "gt_labels_3d"])]
+    dataset = build_mmdet3d_dataset("NuScenesDataset", data_root=str(out), ann_file="nuscenes_infos_mini_train.pkl",
+                                    data_prefix=dict(pts="points", sweeps="sweeps"), pipeline=pipeline,
+                                    modality=dict(use_lidar=True, use_camera=False), with_velocity=True)
+    assert len(dataset) == 2
+    info = dataset.get_data_info(1)
+    assert info["token"] == ours["token"]
+    assert info["lidar_points"]["lidar_path"] == str(out / "points" / f"{ours['token']}.bin")
+    assert [s["lidar_points"]["lidar_path"] for s in info["lidar_sweeps"]] == \
+        [str(out / "sweeps" / f"{s['sample_data_token']}.bin") for s in ours["lidar_sweeps"]]
+    # mmdet3d keeps the boxes with points (num_lidar_pts > 0), appends the velocity and moves z to the bottom
+    kept = [i for i in ours["instances"] if i["num_lidar_pts"] > 0]
+    assert 0 < len(kept) < len(ours["instances"])
+    boxes = info["ann_info"]["gt_bboxes_3d"]
+    assert type(boxes).__name__ == "LiDARInstance3DBoxes" and boxes.tensor.shape == (len(kept), 9)
+    expected = np.array([i["bbox_3d"] for i in kept])
+    np.testing.assert_allclose(boxes.gravity_center.numpy(), expected[:, :3], atol=1e-4)
+    np.testing.assert_allclose(boxes.bottom_center.numpy()[:, 2], expected[:, 2] - expected[:, 5] / 2, atol=1e-4)
+    np.testing.assert_allclose(boxes.dims.numpy(), expected[:, 3:6], atol=1e-4)
+    np.testing.assert_allclose(wrap_angle(boxes.yaw.numpy() - expected[:, 6]), 0, atol=1e-4)
+    velocity = np.nan_to_num(np.array([i["velocity"] for i in kept], np.float64))
+    np.testing.assert_allclose(boxes.tensor.numpy()[:, 7:9], velocity, atol=1e-4)
+    np.testing.assert_array_equal(info["ann_info"]["gt_labels_3d"], [i["bbox_label_3d"] for i in kept])
+    assert set(info["ann_info"]["gt_labels_3d"]) <= set(range(len(dataset.metainfo["classes"]))) | {-1}
+    # the training pipeline: the key frame and both sweeps stacked (100 points each), the time lag in column 4
+    item = dataset.prepare_data(1)  # (dataset[1] would silently draw another frame if this one came out empty)
+    sample = item["data_samples"]
+    assert sample.lidar_path == info["lidar_points"]["lidar_path"] and sample.sample_idx == ours["sample_idx"]
+    points = item["inputs"]["points"].numpy()
+    assert points.shape == (300, 5)
+    lags = [0.0] + [ours["timestamp"] - s["timestamp"] for s in ours["lidar_sweeps"]]
+    np.testing.assert_allclose(points[:, 4], np.repeat(lags, 100), atol=1e-5)
+    np.testing.assert_allclose(lags, [0.0, 0.948018 - 0.847939, 0.948018 - 0.448696], atol=1e-5)
+    reader = LidarSweeps(info_file=str(out / "nuscenes_infos_mini_train.pkl"),
+                         data_prefix={"pts": "points", "sweeps": "sweeps"}, num_sweeps=3)[1]["points"].numpy()
+    np.testing.assert_allclose(points[:, :4], reader[:, :4], atol=1e-4)
+    np.testing.assert_allclose(points[:, 4], reader[:, 5], atol=1e-5)
+    np.testing.assert_allclose(sample.gt_instances_3d.bboxes_3d.tensor.numpy(), boxes.tensor.numpy())
+    np.testing.assert_array_equal(sample.gt_instances_3d.labels_3d.numpy(), info["ann_info"]["gt_labels_3d"])
