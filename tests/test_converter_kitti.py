@@ -18,6 +18,7 @@ from scipy.spatial import cKDTree
 
 from data_converters import kitti
 from data_converters.common import ConversionError, FrameTask
+from tests.mmdet3d_helpers import build_mmdet3d_dataset, import_mmdet3d_datasets
 from tests.shared_data import shared_data_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -301,31 +302,6 @@ def test_task_keys_are_stable_and_safe(kitti_root):
 
 
 # ------------------------------------------------------------------------------------------------ mmdet3d
-def import_mmdet3d_datasets():
-    """mmdet3d.datasets, or skip: an optional integration check (mmdet3d 1.x, whose box classes import mmcv.ops)."""
-    try:
-        import mmdet3d  # noqa: F401
-    except (ImportError, AssertionError) as err:  # mmdet3d asserts a compatible mmcv / mmdet on import
-        pytest.skip(f"mmdet3d is not importable ({err}); optional: mmengine, mmdet==3.3.0, mmdet3d==1.4.0 with "
-                    f"--no-deps and mmcv 2.1.0 built with ops")
-    try:
-        import mmcv.ops  # noqa: F401
-    except ImportError as err:
-        pytest.skip(f"mmdet3d's datasets need mmcv with compiled ops (mmcv-lite has none): {err}")
-    import mmdet3d.datasets
-
-    return mmdet3d.datasets
-
-
-def build_mmdet3d_dataset(name: str, **kwargs):
-    """mmdet3d.datasets.<name>(**kwargs), its pipeline's transform names looked up in mmdet3d's registry."""
-    datasets = import_mmdet3d_datasets()
-    from mmengine.registry import DefaultScope
-
-    with DefaultScope.overwrite_default_scope("mmdet3d"):
-        return getattr(datasets, name)(**kwargs)
-
-
 def test_mmdet3d_kitti_dataset_reads_our_info_file(kitti_root, converted):
     """mmdet3d's own KittiDataset and loading transforms over the converted real frames: points, labels, and the
     gt boxes it turns into LiDAR boxes (with CAM2's lidar2cam), checked against OpenPCDet's gt_database crops."""
