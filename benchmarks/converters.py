@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from benchmarks import shared_data_root
 from benchmarks.converter_inputs import full_size_frame
 from data_converters import folder, kitti, nuscenes, rosbag, tfrecord, waymo
 from data_converters.common import ConversionSummary, FrameTask, run_conversion
@@ -50,8 +50,7 @@ class BenchInput:
 
 
 def shared(*parts: str) -> Path:
-    root = Path(os.environ.get("PCMAE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    path = root.joinpath(*parts)
+    path = shared_data_root().joinpath(*parts)
     if not path.exists():
         raise Skip(f"no {path} (set $PCMAE_SHARED_DATA to the shared data folder)")
     return path

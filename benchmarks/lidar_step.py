@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import statistics
 import time
 from pathlib import Path
+
+from benchmarks import shared_data_root
 
 KITTI_RANGE = (0.0, -40.0, -3.0, 70.4, 40.0, 1.0)
 SECOND_VOXEL = (0.05, 0.05, 0.1)
@@ -27,8 +28,7 @@ MODELS = {
 
 
 def kitti_sweep_path() -> Path:
-    root = Path(os.environ.get("PCMAE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    return root / "openpcdet" / "data" / "kitti" / "training" / "velodyne" / "000000.bin"
+    return shared_data_root() / "openpcdet" / "data" / "kitti" / "training" / "velodyne" / "000000.bin"
 
 
 def load_sweep():

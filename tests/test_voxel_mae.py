@@ -161,7 +161,7 @@ def test_voxel_mae_learns_occupancy_on_a_fixed_batch(sweeps):
 def test_neighbour_baseline_and_scores_on_a_hand_made_grid():
     visible = torch.tensor([[0, 1, 1, 1]])
     query = torch.tensor([[0, 1, 1, 2], [0, 1, 3, 3], [1, 1, 1, 2], [0, 2, 2, 2]])
-    hit = neighbour_baseline(query, visible, (8, 8, 8))
+    hit = neighbour_baseline(query, visible)
     assert hit.tolist() == [True, False, False, True]  # another sample's voxel is no neighbour
     scores = precision_recall_f1(hit, torch.tensor([1, 1, 0, 0]))
     assert scores == {"precision": 0.5, "recall": 0.5, "f1": 0.5}

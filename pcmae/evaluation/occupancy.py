@@ -25,7 +25,7 @@ def precision_recall_f1(pred: torch.Tensor, labels: torch.Tensor) -> dict:
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
-def neighbour_baseline(query: torch.Tensor, visible: torch.Tensor, grid_size=None) -> torch.Tensor:
+def neighbour_baseline(query: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     """(Q, 4) query voxels -> (Q,) bool: True when any of the 26 neighbours is a visible voxel."""
     ones = torch.ones(len(visible), 1, device=visible.device)
     return neighbour_mean(query, visible, ones)[1] > 0
@@ -40,7 +40,7 @@ def evaluate_sweep(model, points, generator_seed: int = 0) -> dict:
     out = model.predict_occupancy(points)
     tokens, mask, labels = out["tokens"], out["mask"], out["labels"]
     pred = out["prob"] > 0.5
-    baseline = neighbour_baseline(out["query_coords"], tokens.coords[~mask], model.grid_size())
+    baseline = neighbour_baseline(out["query_coords"], tokens.coords[~mask])
     result = {"model": precision_recall_f1(pred, labels), "baseline": precision_recall_f1(baseline, labels),
               "num_queries": len(labels), "num_hidden": int(labels.sum()),
               "pred": pred, "baseline_pred": baseline, "labels": labels.bool()}
