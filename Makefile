@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORK_DIR ?= work_dirs/point_mae_demo
 
-.PHONY: venv demo probe test benchmark clean
+.PHONY: venv venv-mmdet3d demo probe test benchmark clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -19,11 +19,18 @@ $(BIN)/activate:
 
 venv: $(BIN)/activate
 
+# The real mmdet3d stack (mmengine, mmdet, mmdet3d, full mmcv with CPU ops) for the detector integration and its tests
+$(VENV)/.mmdet3d-installed: $(BIN)/activate tools/install_mmdet3d.sh
+	bash tools/install_mmdet3d.sh $(BIN)
+	touch $@
+
+venv-mmdet3d: $(VENV)/.mmdet3d-installed
+
 demo: venv
 	$(BIN)/python tools/pretrain.py configs/point_mae/demo.yaml --work-dir $(WORK_DIR)
 	$(BIN)/python tools/probe.py configs/point_mae/demo.yaml --checkpoint $(WORK_DIR)/checkpoint_last.pth
 
-test: venv
+test: venv venv-mmdet3d
 	$(BIN)/python -m pytest -q
 
 benchmark: venv

@@ -51,6 +51,12 @@ class FourierPosition(nn.Module):
         self.register_buffer("frequencies", 2 * math.pi / wavelengths, persistent=False)
         self.mlp = mlp([6 * num_bands, 128, dim])
 
+    @classmethod
+    def for_grid(cls, dim: int, voxel_size, point_cloud_range) -> "FourierPosition":
+        """Wavelengths from two voxels to twice the largest extent of the range."""
+        extent = max(hi - lo for lo, hi in zip(point_cloud_range[:3], point_cloud_range[3:]))
+        return cls(dim, 2 * min(voxel_size), 2 * extent)
+
     def forward(self, xyz: torch.Tensor) -> torch.Tensor:
         angles = (xyz.unsqueeze(-1) * self.frequencies).flatten(1)  # (N, 3 * bands)
         return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
@@ -75,6 +81,10 @@ class TransformerVoxelEncoderDecoder(nn.Module):
         self.decoder_pos_embed = FourierPosition(decoder_dim, *wavelengths)
         self.decoder = SerializedPatchTransformer(decoder_dim, decoder_depth, decoder_num_heads, patch_size)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def detector_encoder(self) -> nn.Module:
+        """The encoder without the decoder: input projection, positions and transformer (shared modules)."""
+        return nn.ModuleDict({"input_proj": self.input_proj, "pos_embed": self.pos_embed, "encoder": self.encoder})
 
     def encode(self, features, coords, centers, batch_size):
         """Visible tokens (V, C) -> latents (V, D)."""
@@ -106,6 +116,9 @@ class SparseConvVoxelEncoderDecoder(nn.Module):
         self.bev_proj = nn.Linear(self.encoder.bev_channels, decoder_dim)
         self.decoder_pos_embed = FourierPosition(decoder_dim, *wavelengths)
         self.decoder = mlp([decoder_dim, decoder_dim, decoder_dim])
+
+    def detector_encoder(self) -> nn.Module:
+        return self.encoder
 
     def encode(self, features, coords, centers, batch_size):
         return self.encoder(features, coords.int(), batch_size)  # (B, C, H, W)
@@ -170,6 +183,15 @@ class VoxelMAE(nn.Module):
         self.occupancy_head = nn.Linear(decoder_dim, 1)
         self.num_points_head = nn.Linear(decoder_dim, 1)
         self.points_head = nn.Linear(decoder_dim, 3 * num_pred_points)
+
+    def detector_parts(self) -> dict:
+        """What a detector reuses, by mmdet3d slot: {"voxel_encoder": the PointNet tokenizer (absent for the
+        parameter-free mean tokenizer), "middle_encoder": the encoder on visible voxels}. Each value is a module
+        whose state dict is exactly that of pcmae's mmdet3d encoder for the slot (pcmae.integrations.mmdet3d)."""
+        parts = {"middle_encoder": self.backbone.detector_encoder()}
+        if self.tokenizer.mode == "pointnet":
+            parts["voxel_encoder"] = self.tokenizer
+        return parts
 
     def grid_size(self):
         """(X, Y, Z) voxels in the range."""

@@ -67,18 +67,21 @@ class VoxelTokenizer(nn.Module):
         vox = self.voxelize(batch)
         centers = voxel_centers(vox, self.voxel_size.tolist(), self.pc_range.tolist())
         kept = vox.point_to_voxel >= 0
-        points, voxel_of_point = batch.points[kept], vox.point_to_voxel[kept]
-        num_voxels = vox.coords.shape[0]
-        if self.mode == "mean":
-            features = segment_reduce(points, voxel_of_point, num_voxels, "mean")
-        else:
-            xyz = points[:, :3]
-            mean_xyz = segment_reduce(xyz, voxel_of_point, num_voxels, "mean")
-            per_point = torch.cat([(xyz - centers[voxel_of_point]) / self.voxel_size,
-                                   (xyz - mean_xyz[voxel_of_point]) / self.voxel_size,
-                                   self.normalize_raw(points)], dim=-1)
-            features = self.norm(segment_reduce(self.point_mlp(per_point), voxel_of_point, num_voxels, "max"))
+        features = self.embed(batch.points[kept], vox.point_to_voxel[kept], centers, vox.coords.shape[0])
         return VoxelTokens(features, vox.coords, centers, vox.counts, vox.point_to_voxel, batch.batch_size)
+
+    def embed(self, points: torch.Tensor, voxel_of_point: torch.Tensor, centers: torch.Tensor,
+              num_voxels: int) -> torch.Tensor:
+        """Per-voxel features (V, embed_dim) from the kept points (N, point_channels), each point's voxel (N,) and
+        the voxel centers (V, 3). Shared with mmdet3d's hard-voxel encoder (``PcmaeVoxelEncoder``)."""
+        if self.mode == "mean":
+            return segment_reduce(points, voxel_of_point, num_voxels, "mean")
+        xyz = points[:, :3]
+        mean_xyz = segment_reduce(xyz, voxel_of_point, num_voxels, "mean")
+        per_point = torch.cat([(xyz - centers[voxel_of_point]) / self.voxel_size,
+                               (xyz - mean_xyz[voxel_of_point]) / self.voxel_size,
+                               self.normalize_raw(points)], dim=-1)
+        return self.norm(segment_reduce(self.point_mlp(per_point), voxel_of_point, num_voxels, "max"))
 
     def normalize_raw(self, points: torch.Tensor) -> torch.Tensor:
         """Raw channels with xyz mapped to [0, 1] over the range (metres would dwarf the offsets)."""
