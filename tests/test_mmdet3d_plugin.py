@@ -346,3 +346,21 @@ def test_scatter_to_bev_is_the_max_of_each_cell():
         want[cell] = torch.maximum(want[cell], f) if seen[b, y // 2, x // 2] else f
         seen[b, y // 2, x // 2] = True
     assert torch.equal(got, want) and (~seen).any()  # some cells empty: zeros there
+
+
+def test_two_rank_ddp_step_of_the_encoders(tmp_path):
+    """torchrun, 2 ranks (gloo): each rank its own half of a real sweep; after one DDP step both hold the same
+    parameters, changed from the initial ones (DDP would raise if a parameter got no gradient). BN running
+    statistics are each rank's own until DDP broadcasts rank 0's at the next forward."""
+    sweep = shared_data_path(*KITTI_SWEEP)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+                          str(REPO / "tests" / "ddp_mmdet3d_step.py"), str(tmp_path), str(sweep)],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for name in ("transformer", "sparse"):
+        init, rank0, rank1 = (torch.load(tmp_path / f"{name}_{s}.pt") for s in ("init", "rank0", "rank1"))
+        params = [k for k in init if "running_" not in k and "num_batches" not in k]
+        for key in params:
+            assert torch.equal(rank0[key], rank1[key]), (name, key)
+        unchanged = [k for k in params if torch.equal(init[k], rank0[k])]
+        assert len(params) > 10 and unchanged == [], (name, unchanged)
