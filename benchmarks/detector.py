@@ -177,7 +177,7 @@ def bench_transformer_scaling(repeats: int) -> list[dict]:
     return rows
 
 
-def bench_detector(args: argparse.Namespace) -> list[dict]:
+def _single_threaded(bench, repeats: int) -> list[dict]:
     import torch
 
     threads = torch.get_num_threads()
@@ -185,17 +185,26 @@ def bench_detector(args: argparse.Namespace) -> list[dict]:
     try:
         import pcmae.integrations.mmdet3d  # noqa: F401
     except ImportError as err:
-        return [{"config": f"skipped: {err}"}]
+        return [{"skipped": str(err)}]
     try:
-        return bench_detectors(args.repeats) + bench_transformer_scaling(args.repeats)
+        return bench(repeats)
     finally:
         torch.set_num_threads(threads)
+
+
+def bench_detector(args: argparse.Namespace) -> list[dict]:
+    return _single_threaded(bench_detectors, args.repeats)
+
+
+def bench_transformer_bev(args: argparse.Namespace) -> list[dict]:
+    return _single_threaded(bench_transformer_scaling, args.repeats)
 
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
-    rows = bench_detector(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    rows = bench_detector(args) + bench_transformer_bev(args)
     for r in rows:
         print(r)
     return rows

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed of pcmae against the libraries it could have used, all measured in one run, as markdown tables.
 
-    python tools/benchmark.py [--sections ops,train,voxelize,lidar_step,converters] [--sizes 1000,8000,100000] [--repeats 3] [--device cpu]
+    python tools/benchmark.py [--sections ops,train,voxelize,lidar_step,converters,detector,transformer_bev] [--sizes 1000,8000,100000] [--repeats 3] [--device cpu]
 
 Each time is the median of ``--repeats`` calls after one warm-up call (one call when the warm-up took
 longer than ``SLOW_CALL_S``). Sections:
@@ -12,7 +12,10 @@ longer than ``SLOW_CALL_S``). Sections:
             PointToVoxel (benchmarks/voxelize.py);
   lidar_step  voxel tokenizer + one Voxel-MAE training step on a full KITTI sweep, time and peak memory, for
             the transformer and the spconv backbone (benchmarks/lidar_step.py);
-  converters  frames per second per worker of each data converter, 1 and 2 workers (benchmarks/converters.py).
+  converters  frames per second per worker of each data converter, 1 and 2 workers (benchmarks/converters.py);
+  detector  a training step of each configs/mmdet3d detector on a real sweep, pcmae's encoder next to mmdet3d's own
+            SparseEncoder with the BEV maps compared (benchmarks/detector.py; needs make venv-mmdet3d);
+  transformer_bev  the transformer BEV encoder's forward + backward time against its token count.
 
 Adding a section: write ``def bench_NAME(args) -> list[dict]`` (one dict per table row, same keys in every
 row; ``args`` is the parsed command line, add options in ``parse_args``) and register it in ``SECTIONS``.
@@ -34,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for benchmarks/ (not installed)
 from benchmarks import converters  # noqa: E402
+from benchmarks.detector import bench_detector, bench_transformer_bev  # noqa: E402
 from benchmarks.lidar_step import bench_lidar_step  # noqa: E402
 from benchmarks.train import bench_train  # noqa: E402
 from benchmarks.voxelize import bench_voxelize, fit_exponent  # noqa: E402
@@ -243,6 +247,8 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "voxelize": bench_voxelize_section,
     "lidar_step": bench_lidar_step,
     "converters": bench_converters_section,
+    "detector": bench_detector,
+    "transformer_bev": bench_transformer_bev,
 }
 
 
