@@ -42,7 +42,7 @@ NUSCENES_INFO = "n015-2018-07-24-11-22-45+0800.pkl"
 WAYMO_FRAME = ("openpcdet", "pcdet", "datasets", "waymo", "0004.npy")
 KITTI_FRAME = 1  # 000001: a Car and a Cyclist in range (000000 holds one pedestrian only)
 
-sys.path.insert(0, str(REPO / "tools"))
+sys.path.append(str(REPO / "tools"))  # tools/_det_common.py, finetune_det.py, label_efficiency.py
 
 
 @pytest.fixture(scope="module", autouse=True)

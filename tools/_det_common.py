@@ -93,7 +93,8 @@ def set_pretrained(cfg, config_path, checkpoint: Optional[str]) -> Optional[str]
         return None
     checkpoint = checkpoint or modules[0][1]["init_cfg"].get("checkpoint")
     if not checkpoint or not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"pretrained checkpoint not found: {checkpoint} (pre-train first, or pass --pretrained)")
+        raise FileNotFoundError(f"pretrained checkpoint not found: {checkpoint} (pre-train first or pass "
+                                f"--pretrained)")
     for _, module in modules:
         module["init_cfg"]["checkpoint"] = str(checkpoint)
     cfg.pretrained = str(checkpoint)

@@ -22,7 +22,9 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/_det_common.py, also when imported as a module
+TOOLS = str(Path(__file__).resolve().parent)
+if TOOLS not in sys.path:  # imported as a module (tests): find tools/_det_common.py
+    sys.path.append(TOOLS)
 
 import _det_common as common  # noqa: E402
 from pcmae.engine.build import command_line  # noqa: E402
@@ -38,7 +40,8 @@ def parse_args(argv=None):
     parser.add_argument("--label-fraction", type=float, default=1.0, help="fraction of training frames kept")
     parser.add_argument("--seed", type=int, default=0, help="seed of the run and of the label subset")
     parser.add_argument("--max-iters", type=int, help="train this many iterations instead of the epoch schedule")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train_dataloader.batch_size=2 (+key=value adds a key)")
+    parser.add_argument("overrides", nargs="*",
+                        help="key=value overrides, e.g. train_dataloader.batch_size=2 (+key=value adds a key)")
     return parser.parse_intermixed_args(argv)
 
 

@@ -43,4 +43,6 @@ if [ -z "$wheel" ]; then
     fi
 fi
 "$BIN/pip" install -q --no-deps "$wheel" mmengine==0.10.7 mmdet==3.3.0 mmdet3d==1.4.0
-"$BIN/python" -c 'import mmcv.ops, mmdet3d.models; print("install_mmdet3d: mmcv", mmcv.__version__, "with ops; mmdet3d", __import__("mmdet3d").__version__)'
+# mmdet3d.evaluation (KittiMetric, ...) imports the Lyft devkit; its declared deps pin old numpy / pandas
+"$BIN/pip" install -q --no-deps lyft-dataset-sdk==0.0.8
+"$BIN/python" -c 'import mmcv.ops, mmdet3d.models, mmdet3d.evaluation; print("install_mmdet3d: mmcv", mmcv.__version__, "with ops; mmdet3d", __import__("mmdet3d").__version__)'

@@ -22,7 +22,9 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+TOOLS = str(Path(__file__).resolve().parent)
+if TOOLS not in sys.path:  # imported as a module (tests): find tools/_det_common.py
+    sys.path.append(TOOLS)
 
 import _det_common as common  # noqa: E402
 import finetune_det  # noqa: E402
