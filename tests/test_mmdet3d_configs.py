@@ -2,7 +2,7 @@
 real sweep (KITTI velodyne, the nuScenes LIDAR_TOP sweep, Waymo's 0004.npy) through its own pipelines with a finite
 loss and a gradient in its pcmae encoders, and predicts boxes; pretrained configs start from a tiny pcmae checkpoint
 of their pre-training config (weights compared); each _scratch twin differs only in init_cfg. KittiMetric reads the
-converter's output (on CPU through tools/_det_common.py's rotated IoU, checked against mmdet3d's CUDA kernel run by
+converter's output (on CPU through pcmae.integrations.mmdet3d.finetune's rotated IoU, checked against mmdet3d's CUDA kernel run by
 numba's simulator); tools/finetune_det.py trains and evaluates second_kitti_shared.py end to end; the label
 efficiency protocol pairs pretrained and scratch runs by seed.
 """
@@ -42,7 +42,7 @@ NUSCENES_INFO = "n015-2018-07-24-11-22-45+0800.pkl"
 WAYMO_FRAME = ("openpcdet", "pcdet", "datasets", "waymo", "0004.npy")
 KITTI_FRAME = 1  # 000001: a Car and a Cyclist in range (000000 holds one pedestrian only)
 
-sys.path.append(str(REPO / "tools"))  # tools/_det_common.py, finetune_det.py, label_efficiency.py
+sys.path.append(str(REPO / "tools"))  # finetune_det.py, label_efficiency.py
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -125,7 +125,7 @@ def real_items(cfg, fields: dict, index: int):
     """(train item, test item) of the sweep through the config's own train / test pipelines."""
     from mmengine.registry import DATASETS, DefaultScope
 
-    from _det_common import train_dataset_cfg
+    from pcmae.integrations.mmdet3d.finetune import train_dataset_cfg
 
     with DefaultScope.overwrite_default_scope("mmdet3d"):
         train = DATASETS.build({**train_dataset_cfg(cfg), **fields})
@@ -181,7 +181,7 @@ def test_every_config_has_its_twin_and_a_pretraining_config():
 
 @pytest.mark.parametrize("name", PRETRAINED)
 def test_scratch_twin_differs_only_in_init_cfg(name):
-    from _det_common import pretrained_modules
+    from pcmae.integrations.mmdet3d.finetune import pretrained_modules
 
     cfg, twin = load_config(name), load_config(twin_of(name))
     assert cfg.default_scope == "mmdet3d" and cfg.pretrained.startswith("work_dirs/")
@@ -201,7 +201,7 @@ def test_config_trains_one_step_and_predicts_on_a_real_sweep(name, data_roots, p
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import DefaultScope
 
-    from _det_common import pretrained_modules
+    from pcmae.integrations.mmdet3d.finetune import pretrained_modules
 
     cfg = load_config(name)
     fields, index = data_roots[family(name)]
@@ -268,7 +268,7 @@ def test_cpu_rotate_iou_equals_mmdet3d_cuda_kernel_run_by_numba_simulator(tmp_pa
     overlap in every way but coincide nowhere (the kernel itself gives 0-0.33 for two equal boxes)."""
     import mmdet3d
 
-    from _det_common import rotate_iou_cpu
+    from pcmae.integrations.mmdet3d.finetune import rotate_iou_cpu
 
     rng = np.random.default_rng(0)
     boxes = np.c_[rng.uniform(0, 6, (24, 2)), rng.uniform(0.5, 4, (24, 2)), rng.uniform(-3.2, 3.2, 24)]
@@ -294,7 +294,7 @@ def test_kitti_metric_reads_converter_output_and_scores_ground_truth_as_kitti_ev
     from mmdet3d.evaluation.metrics import KittiMetric
     from mmdet3d.structures import LiDARInstance3DBoxes
 
-    from _det_common import use_cpu_rotate_iou
+    from pcmae.integrations.mmdet3d.finetune import use_cpu_rotate_iou
 
     assert use_cpu_rotate_iou() == (not torch.cuda.is_available())
     ann_file = str(kitti_out / "kitti_infos_training.pkl")
@@ -339,7 +339,7 @@ def test_finetune_det_refuses_bad_input_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()  # (third-party import warnings may precede it)
         errors = [line for line in err if line.startswith("error")]
         assert errors == err[-1:] and message in errors[0] and "Traceback" not in "\n".join(err), err
-    from _det_common import load_det_config
+    from pcmae.integrations.mmdet3d.finetune import load_det_config
 
     cfg = load_det_config(CONFIG_DIR / "second_kitti.py", ["+model.middle_encoder.init_cfg.allow_partial=True",
                                                           "train_dataloader.batch_size=2"])
@@ -347,7 +347,7 @@ def test_finetune_det_refuses_bad_input_in_one_line(tmp_path, capsys):
 
 
 def test_label_subset_is_seeded_nested_and_counted_as_mmdet3d_reads(kitti_out):
-    from _det_common import label_subset, train_dataset_cfg
+    from pcmae.integrations.mmdet3d.finetune import label_subset, train_dataset_cfg
 
     base = load_config("second_kitti_shared.py")
     train_dataset_cfg(base).update(data_root=str(kitti_out))
@@ -397,7 +397,7 @@ def test_label_efficiency_pairs_pretrained_and_scratch_by_seed(tmp_path, monkeyp
     import finetune_det
     import label_efficiency
 
-    from _det_common import write_json
+    from pcmae.integrations.mmdet3d.finetune import write_json
 
     ckpt = tmp_path / "pre.pth"
     ckpt.write_bytes(b"")

@@ -22,11 +22,10 @@ import time
 import uuid
 from pathlib import Path
 
-TOOLS = str(Path(__file__).resolve().parent)
-if TOOLS not in sys.path:  # imported as a module (tests): find tools/_det_common.py
-    sys.path.append(TOOLS)
-
-import _det_common as common  # noqa: E402
+try:
+    from pcmae.integrations.mmdet3d import finetune as det
+except ImportError as err:  # the mmdet3d stack is missing: say what to install, in one line
+    sys.exit(f"error: {err}")
 from pcmae.engine.build import command_line  # noqa: E402
 
 SUMMARY = "finetune_summary.json"
@@ -47,8 +46,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = common.load_det_config(args.config, args.overrides)
-    pretrained = common.set_pretrained(cfg, args.config, args.pretrained)
+    cfg = det.load_det_config(args.config, args.overrides)
+    pretrained = det.set_pretrained(cfg, args.config, args.pretrained)
     work_dir = Path(args.work_dir or cfg.get("work_dir") or Path("work_dirs") / Path(args.config).stem)
     cfg.work_dir = str(work_dir)
     cfg.randomness = dict(seed=args.seed)
@@ -56,9 +55,9 @@ def main(argv=None):
     cfg.experiment_name = f"{Path(args.config).stem}_{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:8]}"
     if cfg.get("visualizer"):
         cfg.visualizer["name"] = cfg.experiment_name
-    kept, total = common.label_subset(cfg, args.label_fraction, args.seed)
+    kept, total = det.label_subset(cfg, args.label_fraction, args.seed)
     if args.max_iters is not None:
-        common.limit_iterations(cfg, args.max_iters)
+        det.limit_iterations(cfg, args.max_iters)
 
     import torch
     from mmengine.hooks import Hook
@@ -72,21 +71,21 @@ def main(argv=None):
 
         def after_val_epoch(self, runner, metrics=None):
             self.history.append({"epoch": runner.epoch, "iter": runner.iter,
-                                 "metrics": {k: common.to_float(v) for k, v in (metrics or {}).items()}})
+                                 "metrics": {k: det.to_float(v) for k, v in (metrics or {}).items()}})
 
     if not torch.cuda.is_available():
         torch.set_num_threads(1)  # mmdet3d's spconv encoders give wrong results with more CPU threads
-        common.use_cpu_rotate_iou()  # KittiMetric's rotated IoU is a CUDA kernel
+        det.use_cpu_rotate_iou()  # KittiMetric's rotated IoU is a CUDA kernel
     runner = Runner.from_cfg(cfg)
     recorder = MetricsRecorder()
     runner.register_hook(recorder, priority="LOWEST")
     runner.train()
 
     scalars = runner.message_hub.log_scalars
-    losses = {key[len("train/"):]: [common.to_float(v) for v in buffer.data[0]]
+    losses = {key[len("train/"):]: [det.to_float(v) for v in buffer.data[0]]
               for key, buffer in scalars.items() if key.startswith("train/") and "loss" in key}
     final = recorder.history[-1]["metrics"] if recorder.history else {}
-    main_key = common.main_metric_key(cfg)
+    main_key = det.main_metric_key(cfg)
     summary = {
         "config": str(args.config), "pretrained": pretrained, "label_fraction": args.label_fraction,
         "train_frames": kept, "train_frames_total": total, "seed": args.seed, "max_iters": args.max_iters,
@@ -94,7 +93,7 @@ def main(argv=None):
         "main_metric": main_key, "main_metric_value": final.get(main_key) if main_key else None,
         "final_metrics": final, "validations": recorder.history, "loss_curve": losses,
     }
-    common.write_json(work_dir / SUMMARY, summary)
+    det.write_json(work_dir / SUMMARY, summary)
     shown = f"{main_key} {final.get(main_key)}" if main_key in final else f"{len(final)} metrics"
     print(f"finetune_det: {runner.iter} iterations, {shown}; summary: {work_dir / SUMMARY}")
     return summary

@@ -22,11 +22,10 @@ import statistics
 import sys
 from pathlib import Path
 
-TOOLS = str(Path(__file__).resolve().parent)
-if TOOLS not in sys.path:  # imported as a module (tests): find tools/_det_common.py
-    sys.path.append(TOOLS)
-
-import _det_common as common  # noqa: E402
+try:
+    from pcmae.integrations.mmdet3d import finetune as det
+except ImportError as err:  # the mmdet3d stack is missing: say what to install, in one line
+    sys.exit(f"error: {err}")
 import finetune_det  # noqa: E402
 from pcmae.engine.build import command_line  # noqa: E402
 from pcmae.io.atomic import atomic_write  # noqa: E402
@@ -115,8 +114,8 @@ def main(argv=None):
     config = Path(args.config)
     if not config.is_file():
         raise FileNotFoundError(f"config not found: {config}")
-    twin = common.scratch_twin(config)
-    pretrained = common.set_pretrained(common.load_det_config(config, args.overrides), config, args.pretrained)
+    twin = det.scratch_twin(config)
+    pretrained = det.set_pretrained(det.load_det_config(config, args.overrides), config, args.pretrained)
     if pretrained is None:
         raise ConfigError(f"{config}: no pcmae encoder with a Pretrained init_cfg; give the pretrained config")
     for fraction in args.fractions:
@@ -139,7 +138,7 @@ def main(argv=None):
               "overrides": list(args.overrides), "rows": table(runs, args.fractions, args.seeds, key),
               "runs": [{"variant": v, "fraction": f, "seed": s, "work_dir": r.get("work_dir"),
                         "value": metric_of(r, key)} for (v, f, s), r in runs.items()]}
-    common.write_json(work_dir / "label_efficiency.json", result)
+    det.write_json(work_dir / "label_efficiency.json", result)
     text = markdown(result)
     md = work_dir / "label_efficiency.md"
     atomic_write(md, lambda f: f.write(text.encode()))

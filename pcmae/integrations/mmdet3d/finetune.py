@@ -1,5 +1,5 @@
-"""Glue shared by tools/finetune_det.py and tools/label_efficiency.py: mmengine configs of configs/mmdet3d/, their
-pcmae encoders, label subsets, the main metric and atomic JSON. Needs mmengine / mmdet3d (imported lazily)."""
+"""Fine-tuning helpers for tools/finetune_det.py and tools/label_efficiency.py: mmengine configs of configs/mmdet3d/,
+their pcmae encoders, label subsets, iteration limits, the main metric, KITTI's rotated IoU on CPU, atomic JSON."""
 from __future__ import annotations
 
 import json
@@ -223,7 +223,7 @@ def use_cpu_rotate_iou() -> bool:
         return False
     module = sys.modules.get(ROTATE_IOU_MODULE)
     if module is None:
-        module = types.ModuleType(ROTATE_IOU_MODULE, "CPU stand-in installed by tools/_det_common.py")
+        module = types.ModuleType(ROTATE_IOU_MODULE, "CPU stand-in installed by pcmae.integrations.mmdet3d.finetune")
         sys.modules[ROTATE_IOU_MODULE] = module
     module.rotate_iou_gpu_eval = rotate_iou_cpu
     return True
