@@ -27,7 +27,8 @@ def _slot_of(name: str) -> str | None:
 
 
 def encoder_slots(detector) -> dict:
-    """{attribute name: slot} for the detector's encoders that take pre-trained weights."""
+    """{attribute name: slot} for the detector's encoders that take pre-trained weights (mmdet3d's own voxel
+    encoders, e.g. HardSimpleVFE's point means, have none)."""
     from mmdet3d.models.middle_encoders import SparseEncoder as MMDet3DSparseEncoder
 
     slots = {}
@@ -74,8 +75,6 @@ def export_checkpoint(checkpoint, out, config, allow_partial: bool = False):
                                      f"PcmaeTransformerBEV or mmdet3d's SparseEncoder)")
     reports, state, metadata, parts, pretrain = [], OrderedDict(), OrderedDict(), {}, None
     for name, slot in slots.items():
-        if slot == "voxel_encoder" and not isinstance(getattr(detector, name), PcmaePretrainedInit):
-            continue  # mmdet3d's own voxel encoders (HardSimpleVFE: point means) have nothing to load
         module = getattr(detector, name)
         part = read_part(checkpoint, slot)
         pretrain = part.pretrain_model or pretrain
