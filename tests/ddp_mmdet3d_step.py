@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -53,7 +54,7 @@ def main(out: Path, sweep: Path) -> None:
     from mmcv.ops import Voxelization
 
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo")
+    torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=120))  # a stuck collective raises
     rank = torch.distributed.get_rank()
     points = torch.from_numpy(np.fromfile(sweep, np.float32).reshape(-1, 4)[rank::2].copy())
     voxels, coors, num_points = Voxelization(max_num_points=16, max_voxels=60000, **GRID)(points)
@@ -68,6 +69,8 @@ def main(out: Path, sweep: Path) -> None:
         ddp(voxels, num_points, coors).pow(2).mean().backward()
         optimizer.step()
         torch.save(module.state_dict(), out / f"{name}_rank{rank}.pt")
+    # both ranks reach here before the group goes: once, rank 1 hung in destroy_process_group after rank 0 had left
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 

@@ -355,7 +355,7 @@ def test_two_rank_ddp_step_of_the_encoders(tmp_path):
     sweep = shared_data_path(*KITTI_SWEEP)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
                           str(REPO / "tests" / "ddp_mmdet3d_step.py"), str(tmp_path), str(sweep)],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     for name in ("transformer", "sparse"):
         init, rank0, rank1 = (torch.load(tmp_path / f"{name}_{s}.pt") for s in ("init", "rank0", "rank1"))
