@@ -90,9 +90,8 @@ def step_ms(detector, batch, repeats: int):
     for _ in range(repeats + 1):
         start = time.perf_counter()
         data = detector.data_preprocessor(batch, True)
-        losses = detector(**data, mode="loss")
-        total = sum((v if not isinstance(v, list) else sum(v)) for k, v in losses.items() if "loss" in k)
-        total.backward()
+        loss, _ = detector.parse_losses(detector(**data, mode="loss"))  # as mmengine's train_step sums them
+        loss.backward()
         detector.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:]) * 1e3, data

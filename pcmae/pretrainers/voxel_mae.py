@@ -51,11 +51,11 @@ class FourierPosition(nn.Module):
         self.register_buffer("frequencies", 2 * math.pi / wavelengths, persistent=False)
         self.mlp = mlp([6 * num_bands, 128, dim])
 
-    @classmethod
-    def for_grid(cls, dim: int, voxel_size, point_cloud_range) -> "FourierPosition":
-        """Wavelengths from two voxels to twice the largest extent of the range."""
+    @staticmethod
+    def grid_wavelengths(voxel_size, point_cloud_range) -> tuple[float, float]:
+        """(min, max) wavelength for a voxel grid: two voxels, and twice the largest extent of the range."""
         extent = max(hi - lo for lo, hi in zip(point_cloud_range[:3], point_cloud_range[3:]))
-        return cls(dim, 2 * min(voxel_size), 2 * extent)
+        return 2 * min(voxel_size), 2 * extent
 
     def forward(self, xyz: torch.Tensor) -> torch.Tensor:
         angles = (xyz.unsqueeze(-1) * self.frequencies).flatten(1)  # (N, 3 * bands)
@@ -167,8 +167,7 @@ class VoxelMAE(nn.Module):
         # --- tokenizer -----------------------------------------------------------------------
         self.tokenizer = VoxelTokenizer(point_channels, embed_dim, voxel_size, point_cloud_range,
                                         max_points_per_voxel, mode=tokenizer)
-        extent = max(hi - lo for lo, hi in zip(point_cloud_range[:3], point_cloud_range[3:]))
-        wavelengths = (2 * min(voxel_size), 2 * extent)  # from two voxels to twice the range
+        wavelengths = FourierPosition.grid_wavelengths(voxel_size, point_cloud_range)
         # --- encoder + decoder -------------------------------------------------------------------
         if backbone == "transformer":
             self.backbone = TransformerVoxelEncoderDecoder(

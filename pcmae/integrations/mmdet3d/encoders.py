@@ -149,7 +149,8 @@ class PcmaeTransformerBEV(PcmaePretrainedInit, BaseModule):
         nx, ny, _ = grid_size_of(self.voxel_size, self.point_cloud_range)
         self.bev_shape = (math.ceil(ny / self.bev_stride), math.ceil(nx / self.bev_stride))
         self.input_proj = torch.nn.Linear(in_channels, embed_dim)
-        self.pos_embed = FourierPosition.for_grid(embed_dim, self.voxel_size, self.point_cloud_range)
+        self.pos_embed = FourierPosition(embed_dim, *FourierPosition.grid_wavelengths(self.voxel_size,
+                                                                                      self.point_cloud_range))
         self.encoder = SerializedPatchTransformer(embed_dim, depth, num_heads, patch_size, drop_path_rate)
 
     def forward(self, voxel_features, coors, batch_size):

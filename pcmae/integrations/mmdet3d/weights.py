@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pcmae.engine.checkpoint import FORMAT_KEY
+from pcmae.ops import grid_size_of
 
 SLOTS = ("voxel_encoder", "middle_encoder")
 
@@ -159,12 +160,6 @@ def _expected_channels(pretrain: dict, slot: str) -> tuple[int, str]:
     return embed, f"model.embed_dim = {embed} (PointNet tokenizer)"
 
 
-def _grid(pretrain: dict):
-    from pcmae.ops import grid_size_of
-
-    return grid_size_of(pretrain["voxel_size"], pretrain["point_cloud_range"])
-
-
 def check_compatible(module: nn.Module, pretrain: dict | None, slot: str, where: str) -> None:
     """Refuse, naming the key, a module whose input channels or voxel grid differ from the pre-training model's."""
     if pretrain is None:
@@ -181,7 +176,7 @@ def check_compatible(module: nn.Module, pretrain: dict | None, slot: str, where:
                                          f"model.{key} = {list(pretrain[key])}")
     shape = getattr(module, "sparse_shape", None)
     if shape is not None and "voxel_size" in pretrain:
-        gx, gy, gz = _grid(pretrain)
+        gx, gy, gz = grid_size_of(pretrain["voxel_size"], pretrain["point_cloud_range"])
         if [int(v) for v in shape] != [gz + 1, gy, gx]:
             raise PretrainedWeightsError(
                 f"{where}.sparse_shape = {list(shape)} but the encoder was pre-trained on a grid of "
