@@ -13,7 +13,8 @@ from pcmae.data import SimulatedLidarSweeps
 from pcmae.engine.build import build_model, load_checked_config
 from pcmae.evaluation.occupancy import neighbour_baseline, precision_recall_f1
 from pcmae.pretrainers import RadialMAE, VoxelMAE
-from pcmae.pretrainers.voxel_targets import is_occupied, neighbour_mean, padded_voxel_points, sample_empty_voxels
+from pcmae.ops import neighbour_mean
+from pcmae.pretrainers.voxel_targets import is_occupied, padded_voxel_points, sample_empty_voxels
 from pcmae.registry import ConfigError
 from pcmae.structures import PointBatch
 from pcmae.tokenizers.voxel_tokenizer import VoxelTokenizer

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pcmae.ops.chamfer import chamfer_distance, nearest_sq_dist
 from pcmae.ops.fps import farthest_point_sample, farthest_point_sample_reference
 from pcmae.ops.knn import knn, knn_reference
+from pcmae.ops.neighbours import neighbour_mean
 from pcmae.ops.segment import segment_reduce, segment_reduce_reference
 from pcmae.ops.voxelize import Voxels, grid_size_of, voxel_centers, voxelize, voxelize_reference
 
@@ -18,6 +19,7 @@ __all__ = [
     "grid_size_of",
     "knn",
     "knn_reference",
+    "neighbour_mean",
     "nearest_sq_dist",
     "segment_reduce",
     "segment_reduce_reference",

@@ -17,8 +17,8 @@ from torch import nn
 
 from pcmae.backbones.serialized_transformer import SerializedPatchTransformer
 from pcmae.masking import radial_mask, random_token_mask, range_aware_mask
-from pcmae.ops import chamfer_distance
-from pcmae.pretrainers.voxel_targets import neighbour_mean, padded_voxel_points, sample_empty_voxels
+from pcmae.ops import chamfer_distance, neighbour_mean
+from pcmae.pretrainers.voxel_targets import padded_voxel_points, sample_empty_voxels
 from pcmae.registry import MODELS, check_kwargs
 from pcmae.structures import PointBatch
 from pcmae.tokenizers.voxel_tokenizer import VoxelTokenizer
