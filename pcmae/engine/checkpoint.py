@@ -4,9 +4,14 @@ A checkpoint is a dict saved with ``torch.save`` that carries ``FORMAT_KEY``; th
 ``model``, ``optimizer``, ``epoch`` (completed epochs), ``batch_in_epoch``, ``step`` (optimizer steps),
 ``rng`` (one entry per rank, see ``pcmae.engine.rng``), ``data_order`` and ``config``. Tools may save
 less (e.g. only ``model`` + ``config``). Everything in it loads with ``weights_only=True``.
+
+Reading verifies the CRC-32 of every record of torch's zip container first: torch itself does not, so a flipped
+byte inside a tensor would otherwise load as a silently wrong weight or optimizer moment.
 """
 from __future__ import annotations
 
+import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -34,6 +39,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    check_integrity(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated file, foreign pickle, not a torch file at all
@@ -48,3 +54,72 @@ def load_checkpoint(path, map_location="cpu") -> dict:
                               f"({FORMAT_VERSION}); upgrade pcmae")
     state.pop(FORMAT_KEY)
     return state
+
+
+def check_integrity(path) -> None:
+    """Raise CheckpointError when a record of the zip container fails its CRC-32 (a flipped or truncated byte)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zipfile.LargeZipFile) as err:
+        raise CheckpointError(f"{path}: damaged or not a torch zip checkpoint ({type(err).__name__}: {err})") from None
+    except Exception as err:  # zlib / struct errors inside a damaged archive
+        raise CheckpointError(f"{path}: damaged checkpoint ({type(err).__name__}: {err})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: damaged checkpoint, record {bad!r} fails its CRC-32 check")
+
+
+def model_type_of(state: dict) -> str | None:
+    """The ``model.type`` a checkpoint was saved from (its stored config), or None if it does not say."""
+    config = state.get("config") or {}
+    model = config.get("model") if isinstance(config, dict) else None
+    return model.get("type") if isinstance(model, dict) else None
+
+
+def load_model_weights(model: torch.nn.Module, path, expected_type: str | None = None) -> dict:
+    """Load ``state["model"]`` of the pcmae checkpoint at ``path`` into ``model`` (strictly); return the whole state.
+
+    One CheckpointError line instead of a wall of missing keys when the checkpoint holds another model type
+    (``expected_type``, default ``type(model).__name__``) or a model of other sizes."""
+    state = load_checkpoint(path)
+    expected = expected_type or type(model).__name__
+    saved = model_type_of(state)
+    if saved is not None and saved != expected:
+        raise CheckpointError(f"{path}: holds a {saved} checkpoint, but this config builds a {expected}")
+    weights = state.get("model")
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: has no 'model' weights (keys: {', '.join(sorted(map(str, state))[:6])})")
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    resized = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+               if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(v.shape)]
+    if missing or unexpected or resized:
+        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                 f"{len(resized)} of other shape (e.g. {resized[0]})" if resized else ""]
+        raise CheckpointError(f"{path}: {saved or 'checkpoint'} weights do not fit this {expected} "
+                              f"({'; '.join(p for p in parts if p)}); was it trained with another config?")
+    model.load_state_dict(weights)
+    return state
+
+
+def remove_stale_temp_files(folder, name: str) -> list:
+    """Delete ``.<name>.tmp-<pid>`` files left by a save that was killed (its process no longer runs)."""
+    removed = []
+    for tmp in Path(folder).glob(f".{name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

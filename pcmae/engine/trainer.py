@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Subset
 
 from pcmae.engine.checkpoint import load_checkpoint, save_checkpoint
 from pcmae.engine.config import TrainConfig, dump_config
+from pcmae.engine.device import move_to_device
 from pcmae.engine.distributed import (ResumableSampler, all_gather_object, all_reduce_mean, barrier, cleanup,
                                       init_distributed)
 from pcmae.engine.logger import MetricMeter, TrainLogger
@@ -140,7 +141,7 @@ class Trainer:
         """One optimizer step; returns the detached scalar outputs (+ lr, grad_norm)."""
         lr = cosine_lr(self.step, self.cfg.lr, self.cfg.min_lr, self.warmup_steps, self.total_steps)
         set_lr(self.optimizer, lr)
-        batch = to_device(batch, self.device)
+        batch = move_to_device(batch, self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
             out = self.train_model(batch)
         loss = check_output(out)
@@ -161,7 +162,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             for batch in self.val_loader:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
-                    out = self.model(to_device(batch, self.device))
+                    out = self.model(move_to_device(batch, self.device))
                 meter.add(scalar_outputs(out), weight=batch_size_of(batch))
         self.model.train()
         return all_reduce_mean(meter.means())
@@ -206,17 +207,6 @@ class Trainer:
         else:
             warnings.warn(f"{path}: RNG states of {len(state['rng'])} process(es), running {self.dist.world_size}; "
                           "random streams restart from the seed", stacklevel=2)
-
-
-def to_device(batch, device: torch.device):
-    """Move the tensors of a (nested) dict / list / tuple, or an object with ``.to``, to ``device``."""
-    if isinstance(batch, dict):
-        return {key: to_device(value, device) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(value, device) for value in batch)
-    if hasattr(batch, "to"):
-        return batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch.to(device)
-    return batch
 
 
 def batch_size_of(batch) -> int:
