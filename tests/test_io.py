@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from pcmae.io import (EmptyPointCloudError, NonFinitePointsError, PointCloudFormatError, load_points,
-                      lzf_decompress, read_las, read_ply, sample_surface)
+from pcmae.io import (EmptyPointCloudError, NonFinitePointsError, PointCloudFormatError, las_header_offset,
+                      load_points, lzf_decompress, read_las, read_ply, sample_surface)
 from tests.fixtures_layouts import (UNIT_CUBE_QUADS, UNIT_CUBE_VERTICES, lzf_compress, write_off, write_pcd,
                                     write_ply)
 from tests.shared_data import shared_data_path
@@ -81,15 +81,46 @@ def test_organised_pcd_with_nan_slots():
 
 
 def test_las_and_laz_hold_the_same_points():
-    las = load_points(shared_data_path("laspy", "tests", "data", "simple.las"), fields=["intensity"])
-    laz = load_points(shared_data_path("laspy", "tests", "data", "simple.laz"), fields=["intensity"])
+    origin = (635000.0, 848000.0, 0.0)
+    las = load_points(shared_data_path("laspy", "tests", "data", "simple.las"), fields=["intensity"], origin=origin)
+    laz = load_points(shared_data_path("laspy", "tests", "data", "simple.laz"), fields=["intensity"], origin=origin)
     assert las.shape == (1065, 4)
     np.testing.assert_array_equal(las, laz)
     exact = read_las(shared_data_path("laspy", "tests", "data", "simple.las"))  # float64, scaled
     assert_ranges(exact, [(635619.85, 638982.55), (848899.70, 853535.43), (406.59, 586.38)], tol=1e-7)
+    np.testing.assert_allclose(las[:, :3], exact - origin, atol=5e-4)  # millimetres kept around the origin
     assert las[:, 3].max() > 0 and np.array_equal(las[:, 3], np.round(las[:, 3]))
     with pytest.raises(PointCloudFormatError, match=r"simple\.las.*no LAS dimension 'ring'.*intensity"):
-        load_points(shared_data_path("laspy", "tests", "data", "simple.las"), fields=["ring"])
+        load_points(shared_data_path("laspy", "tests", "data", "simple.las"), fields=["ring"], origin=origin)
+
+
+def test_las_lossy_float32_cast_is_refused_with_the_origin_to_pass():
+    """x ~ 6.4e5 m sits on a 6.25 cm float32 grid: the cast moved points by up to 3 cm silently before."""
+    path = shared_data_path("laspy", "tests", "data", "simple.las")
+    # the header offset is (0, 0, 0) here, so the message names a corner of the data instead
+    with pytest.raises(PointCloudFormatError, match=r"simple\.las: coordinates up to 853535 m lose 0\.03 m in "
+                       r"float32.*pass origin=\(635619\.0, 848899\.0, 406\.0\)"):
+        load_points(path)
+    corner = (635619.0, 848899.0, 406.0)
+    local = load_points(path, origin=corner)
+    np.testing.assert_allclose(local.astype(np.float64), read_las(path) - corner, atol=1e-4)
+
+
+def test_las_header_origin_and_las_header_offset():
+    path = shared_data_path("laspy", "tests", "data", "1_4_w_evlr.las")  # LAS 1.4, offset near the data
+    offset = las_header_offset(path)
+    assert offset == pytest.approx((1692500.352, 1817499.596, 7350.194653))
+    with pytest.raises(PointCloudFormatError, match=r"1_4_w_evlr\.las: .*lose 0\.06.*pass origin='header'"):
+        load_points(path)
+    local = load_points(path, origin="header")
+    exact = read_las(path)
+    assert local.dtype == np.float32 and local.shape == (1000, 3)
+    np.testing.assert_allclose(local.astype(np.float64), exact - offset, atol=1e-4)
+    np.testing.assert_array_equal(read_las(path, origin="header"), exact - offset)  # float64 subtraction
+    with pytest.raises(ValueError, match="origin must be"):
+        load_points(path, origin="centre")
+    with pytest.raises(ValueError, match=r"origin applies to \.las/\.laz"):
+        load_points(shared_data_path("pcl", "test", "bunny.pcd"), origin="header")
 
 
 def test_laz_autzen_trim():
@@ -105,14 +136,23 @@ def test_missing_laspy_names_the_extra(monkeypatch, tmp_path):
         load_points(shared_data_path("laspy", "tests", "data", "simple.las"))
 
 
-def test_kitti_bin_four_columns_by_default_and_by_layout():
+def test_kitti_bin_by_layout_or_columns():
     path = shared_data_path("openpcdet", "data", "kitti", "training", "velodyne", "000000.bin")
-    default = load_points(path)
+    default = load_points(path, layout="kitti")
     assert default.shape == (115384, 4)
-    np.testing.assert_array_equal(load_points(path, layout="kitti"), default)
+    np.testing.assert_array_equal(load_points(path, columns=4), default)
     assert_ranges(default, [(-71.04, 73.04), (-21.1, 53.8), (-5.16, 2.672), (0.0, 0.99)])
     np.testing.assert_array_equal(load_points(path, layout="kitti", fields=["intensity"]), default)
     np.testing.assert_array_equal(load_points(path, layout="kitti", fields=[]), default)
+
+
+def test_bin_without_layout_or_columns_is_refused():
+    """A nuScenes sweep (5 columns) read with the old 4-column default came back as (43440, 4) garbage."""
+    path = shared_data_path("mmdet3d", "demo", "data", "nuscenes",
+                            "n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin")
+    with pytest.raises(PointCloudFormatError, match=r"LIDAR_TOP.*\.bin: a raw \.bin sweep .*pass layout=.*kitti"):
+        load_points(path)
+    assert load_points(path, layout="nuscenes").shape == (34688, 5)
 
 
 def test_nuscenes_bin_five_columns_and_wrong_column_count():
@@ -306,12 +346,12 @@ def test_bin_errors_name_the_file(tmp_path):
     wrong = tmp_path / "odd.bin"
     np.arange(10, dtype="<f4").tofile(wrong)  # 40 bytes: not a multiple of 16
     with pytest.raises(PointCloudFormatError, match=r"odd\.bin: 40 bytes .* 16 .*4 float32 columns"):
-        load_points(wrong)
+        load_points(wrong, layout="kitti")
     np.testing.assert_array_equal(load_points(wrong, columns=5).shape, (2, 5))
     empty = tmp_path / "empty.bin"
     empty.write_bytes(b"")
     with pytest.raises(EmptyPointCloudError, match=r"empty\.bin"):
-        load_points(empty)
+        load_points(empty, columns=3)
     with pytest.raises(ValueError, match="need named columns"):
         load_points(wrong, columns=5, fields=["intensity"])
     with pytest.raises(ValueError, match="unknown layout 'kiti'"):
@@ -325,8 +365,8 @@ def test_nonfinite_coordinates_error_or_drop(tmp_path):
     path = tmp_path / "nan.bin"
     points.tofile(path)
     with pytest.raises(NonFinitePointsError, match=r"nan\.bin: 2 of 5 points"):
-        load_points(path)
-    kept = load_points(path, drop_nonfinite=True)
+        load_points(path, layout="kitti")
+    kept = load_points(path, layout="kitti", drop_nonfinite=True)
     np.testing.assert_array_equal(kept[:, :3], points[[0, 2, 4], :3])
     all_nan = tmp_path / "allnan.npy"
     np.save(all_nan, np.full((3, 3), np.nan, np.float32))

@@ -6,9 +6,9 @@ extra ``formats``) and ``.off`` meshes (vertices or area-weighted surface sample
 """
 from __future__ import annotations
 
-from pcmae.io.binary import BIN_LAYOUTS, DEFAULT_BIN_COLUMNS, read_bin, read_npy
+from pcmae.io.binary import BIN_LAYOUTS, read_bin, read_npy
 from pcmae.io.errors import EmptyPointCloudError, NonFinitePointsError, PointCloudFormatError
-from pcmae.io.las import read_las
+from pcmae.io.las import las_header_offset, read_las, read_las_header
 from pcmae.io.loader import SUPPORTED_EXTENSIONS, check_points, load_points
 from pcmae.io.lzf import lzf_decompress
 from pcmae.io.mesh import sample_surface, triangle_areas, triangulate_polygons
@@ -18,7 +18,8 @@ from pcmae.io.ply import read_ply
 from pcmae.io.text import read_text
 
 __all__ = [
-    "BIN_LAYOUTS", "DEFAULT_BIN_COLUMNS", "EmptyPointCloudError", "NonFinitePointsError", "PointCloudFormatError",
-    "SUPPORTED_EXTENSIONS", "check_points", "load_points", "lzf_decompress", "read_bin", "read_las", "read_npy",
-    "read_off", "read_pcd", "read_ply", "read_text", "sample_surface", "triangle_areas", "triangulate_polygons",
+    "BIN_LAYOUTS", "EmptyPointCloudError", "NonFinitePointsError", "PointCloudFormatError", "SUPPORTED_EXTENSIONS",
+    "check_points", "las_header_offset", "load_points", "lzf_decompress", "read_bin", "read_las", "read_las_header",
+    "read_npy", "read_off", "read_pcd", "read_ply", "read_text", "sample_surface", "triangle_areas",
+    "triangulate_polygons",
 ]

@@ -15,10 +15,9 @@ BIN_LAYOUTS = {
     "nuscenes": ("x", "y", "z", "intensity", "ring"),  # nuScenes / Lyft *.pcd.bin
     "waymo": ("x", "y", "z", "intensity", "elongation", "timestamp"),  # mmdet3d Waymo kitti_format
 }
-DEFAULT_BIN_COLUMNS = 4
 
 
-def read_bin(path: str | os.PathLike, columns: int = DEFAULT_BIN_COLUMNS) -> np.ndarray:
+def read_bin(path: str | os.PathLike, columns: int) -> np.ndarray:
     """Raw little-endian float32 file as (N, columns); its size must be a multiple of 4 * columns bytes."""
     path = Path(path)
     if not isinstance(columns, (int, np.integer)) or columns < 3:

@@ -7,9 +7,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pcmae.io.binary import BIN_LAYOUTS, DEFAULT_BIN_COLUMNS, read_bin, read_npy
+from pcmae.io.binary import BIN_LAYOUTS, read_bin, read_npy
 from pcmae.io.errors import EmptyPointCloudError, NonFinitePointsError, PointCloudFormatError
-from pcmae.io.las import read_las
+from pcmae.io.las import Origin, las_to_float32, read_las, resolve_origin
 from pcmae.io.mesh import sample_surface
 from pcmae.io.off import read_off
 from pcmae.io.pcd import pcd_columns, read_pcd
@@ -24,17 +24,21 @@ SUPPORTED_EXTENSIONS = ARRAY_EXTENSIONS + NAMED_EXTENSIONS + MESH_EXTENSIONS
 
 def load_points(path: str | os.PathLike, columns: Optional[int] = None, fields: Optional[Sequence[str]] = None,
                 *, layout: Optional[str] = None, drop_nonfinite: bool = False,
-                sample_surface: Optional[int] = None, seed: int = 0) -> np.ndarray:
+                sample_surface: Optional[int] = None, seed: int = 0, origin: Origin = None) -> np.ndarray:
     """Read a point cloud as float32 (N, C) with x, y, z in the first three columns.
 
     Array files (``.bin .npy .txt .xyz .pts``) return all their columns:
-      * ``.bin`` is raw little-endian float32 with ``columns`` per point; ``layout`` ("kitti" 4, "nuscenes" 5,
-        "waymo" 6, "xyz" 3) may give the count instead. With neither, **4 columns (KITTI)** are assumed.
-        A size that is not a multiple of ``4 * columns`` bytes raises PointCloudFormatError.
+      * ``.bin`` is raw little-endian float32 with ``columns`` per point, or ``layout`` ("kitti" 4,
+        "nuscenes" 5, "waymo" 6, "xyz" 3); one of them is required (the file cannot say: a nuScenes sweep
+        read as 4 columns is garbage). A size that is not a multiple of ``4 * columns`` bytes raises
+        PointCloudFormatError.
       * ``.npy`` / text: the file fixes the columns; ``columns`` or ``layout``, when given, are checked.
       * ``fields`` (e.g. ``["intensity"]``) needs ``layout`` and keeps x, y, z plus those named columns.
     Named files (``.pcd .ply .las .laz``) return x, y, z plus ``fields`` in the order asked
     (PCD ``rgb``/``rgba`` give three columns r, g, b in 0-255; LAS coordinates are scaled, see ``read_las``).
+    LAS/LAZ ``origin``: None, ``"header"`` (the header offset) or (x, y, z) is subtracted in float64 before
+    the float32 cast; a cast that would move a coordinate by more than 1 mm raises PointCloudFormatError
+    (survey coordinates need ``origin="header"``).
     Meshes: ``.off`` (and ``.ply`` with faces) return their vertices, or with ``sample_surface=n`` n points
     drawn uniformly over the surface area (``seed`` fixes them).
 
@@ -51,6 +55,8 @@ def load_points(path: str | os.PathLike, columns: Optional[int] = None, fields: 
     if suffix not in ARRAY_EXTENSIONS and (columns is not None or layout is not None):
         raise ValueError(f"{path}: columns/layout apply to raw arrays ({' '.join(ARRAY_EXTENSIONS)}); "
                          f"{suffix} files name their fields: use fields=[...]")
+    if origin is not None and suffix not in (".las", ".laz"):
+        raise ValueError(f"{path}: origin applies to .las/.laz files (float64 coordinates), not {suffix}")
     if sample_surface is not None and suffix not in (".off", ".ply"):
         raise ValueError(f"{path}: sample_surface applies to meshes (.off, .ply with faces), not {suffix}")
     if not path.is_file():
@@ -59,7 +65,7 @@ def load_points(path: str | os.PathLike, columns: Optional[int] = None, fields: 
     if suffix in ARRAY_EXTENSIONS:
         points = _load_array(path, suffix, columns, layout, fields)
     else:
-        points = _load_named(path, suffix, fields, sample_surface, seed)
+        points = _load_named(path, suffix, fields, sample_surface, seed, origin)
     return check_points(points, path, drop_nonfinite)
 
 
@@ -73,7 +79,11 @@ def _load_array(path: Path, suffix: str, columns, layout, fields) -> np.ndarray:
             raise ValueError(f"{path}: layout {layout!r} has {len(names)} columns, columns={columns} given")
         columns = len(names)
     if suffix == ".bin":
-        points = read_bin(path, DEFAULT_BIN_COLUMNS if columns is None else columns)
+        if columns is None:
+            raise PointCloudFormatError(
+                f"{path}: a raw .bin sweep does not say how many float32 columns it has; pass layout= "
+                f"(one of {', '.join(BIN_LAYOUTS)}) or columns=")
+        points = read_bin(path, columns)
     else:
         points = read_npy(path) if suffix == ".npy" else read_text(path)
         if columns is not None and len(points) and points.shape[1] != columns:
@@ -90,12 +100,13 @@ def _load_array(path: Path, suffix: str, columns, layout, fields) -> np.ndarray:
     return points
 
 
-def _load_named(path: Path, suffix: str, fields, num_samples, seed) -> np.ndarray:
+def _load_named(path: Path, suffix: str, fields, num_samples, seed, origin) -> np.ndarray:
     if suffix == ".pcd":
         _, cloud = read_pcd(path)
         return pcd_columns(cloud, fields, path)
     if suffix in (".las", ".laz"):
-        return read_las(path, fields).astype(np.float32)
+        shift = resolve_origin(origin, path)
+        return las_to_float32(read_las(path, fields, shift), path, shift)
     if suffix == ".off":
         if fields:
             raise ValueError(f"{path}: .off meshes have no fields besides x, y, z")
