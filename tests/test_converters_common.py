@@ -77,13 +77,16 @@ def test_output_files_and_info_entries(tmp_path):
     assert summary.info_file == tmp_path / "fake_infos_train.pkl"
     info = load_info(summary)
     assert info["metainfo"] == {"categories": {"thing": 0}, "dataset": "fake", "info_version": "1.1",
-                                "point_columns": list(COLUMNS), "converter": "pcmae", "failed": []}
+                                "point_columns": list(COLUMNS), "converter": "pcmae", "failed": [],
+                                "timestamp_unit": "s", "min_points": 1, "label_only_frames": [],
+                                "settings": {"point_columns": list(COLUMNS)}}
     # sorted by (scene, frame_index, key): scene_0 holds i = 4, 2, 0 (frame_index 1, 3, 5), scene_1 i = 3, 1
     assert [e["sample_idx"] for e in info["data_list"]] == [4, 2, 0, 3, 1]
     for entry in info["data_list"]:
         i = entry["sample_idx"]
         assert entry["lidar_points"]["lidar_path"] == f"fake_{i:03d}.bin"
         assert entry["lidar_points"]["num_pts_feats"] == 4
+        assert entry["lidar_points"]["num_points"] == i + 1
         points = np.fromfile(tmp_path / "points" / f"fake_{i:03d}.bin", dtype="<f4").reshape(-1, 4)
         np.testing.assert_array_equal(points, expected_points(i))
         # lidar2global = ego2global @ lidar2ego: translation (i, 0, 1.5)
@@ -162,6 +165,91 @@ def test_wrong_point_width_is_a_clear_error(tmp_path):
         run_conversion(dataset="fake", split="train", tasks=make_tasks(1), convert_one=wrong_width_convert,
                        out_dir=tmp_path, columns=COLUMNS)
     assert list((tmp_path / "points").iterdir()) == []
+
+
+def damaged_convert(task: FrameTask) -> FrameResult:
+    """fake_convert, then the damage named in the payload: frame i's points or info entry get NaN / inf."""
+    result = fake_convert(task)
+    i, damage = task.payload["i"], task.payload.get("damage", {})
+    if damage.get(i) == "nan intensity":
+        result.points[0, 3] = np.nan
+    elif damage.get(i) == "inf x":
+        result.points[-1, 0] = np.inf
+    elif damage.get(i) == "nan pose":
+        result.info["ego2global"][1][3] = float("nan")
+    elif damage.get(i) == "nan box":
+        result.info["instances"] = [{"bbox_3d": [1.0, 2.0, np.float32("nan"), 4.0, 1.0, 1.0, 0.0]}]
+    elif damage.get(i) == "label only":
+        result.points, result.label_only, result.sweeps = result.points[:0], True, []
+    return result
+
+
+def test_non_finite_points_and_info_numbers_are_failures_naming_the_place(tmp_path):
+    damage = {0: "nan intensity", 1: "inf x", 2: "nan pose", 3: "nan box"}
+    summary = run_conversion(dataset="fake", split="train", tasks=make_tasks(5, damage=damage),
+                             convert_one=damaged_convert, out_dir=tmp_path, columns=COLUMNS, on_error="skip")
+    errors = {f["index"]: f["error"] for f in summary.failed}
+    assert errors == {
+        0: "raw/src_0.bin (record 0): points: 1 of 1 points have NaN/inf values (columns intensity)",
+        1: "raw/src_1.bin (record 1): points: 1 of 2 points have NaN/inf values (columns x)",
+        2: "raw/src_2.bin (record 2): info['ego2global'][1][3] is nan (NaN/inf in the raw data)",
+        3: "raw/src_3.bin (record 3): info['instances'][0]['bbox_3d'][2] is nan (NaN/inf in the raw data)"}
+    assert [e["sample_idx"] for e in load_info(summary)["data_list"]] == [4]
+    assert sorted(p.name for p in (tmp_path / "points").iterdir()) == ["fake_004.bin"]
+
+
+def test_min_points_and_label_only_frames(tmp_path, capsys):
+    summary = run_conversion(dataset="fake", split="train", tasks=make_tasks(4, damage={3: "label only"}),
+                             convert_one=damaged_convert, out_dir=tmp_path, columns=COLUMNS, on_error="skip",
+                             min_points=2)
+    assert [f["error"] for f in summary.failed] == [
+        "raw/src_0.bin (record 0): points: 1 point(s), fewer than --min-points 2 (an empty or cut-short sweep)"]
+    assert "converted 3, already done 0, failed 1" in capsys.readouterr().out
+    info = load_info(summary)
+    assert summary.label_only == info["metainfo"]["label_only_frames"] == ["fake_003"]
+    entry = next(e for e in info["data_list"] if e["sample_idx"] == 3)
+    assert entry["label_only"] is True and entry["lidar_points"]["num_points"] == 0
+    assert (tmp_path / "points" / "fake_003.bin").stat().st_size == 0
+    assert not any(e.get("label_only") for e in info["data_list"] if e["sample_idx"] != 3)
+
+
+def test_all_failed_writes_no_info_file_and_raises(tmp_path, capsys):
+    with pytest.raises(ConversionError, match=r"no fake frame converted: all 3 failed \(listed above\); "
+                                              r"no info file written"):
+        run_conversion(dataset="fake", split="train", tasks=make_tasks(3, fail=(0, 1, 2)), convert_one=fake_convert,
+                       out_dir=tmp_path, columns=COLUMNS, on_error="skip")
+    printed = capsys.readouterr().out
+    assert printed.count("  failed: ") == 3 and "converted 0, already done 0, failed 3" in printed
+    assert not (tmp_path / "fake_infos_train.pkl").exists()
+    with pytest.raises(ConversionError, match="no fake frames to convert"):
+        run_conversion(dataset="fake", split="train", tasks=[], convert_one=fake_convert, out_dir=tmp_path,
+                       columns=COLUMNS)
+
+
+def test_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path):
+    first = run_conversion(dataset="fake", split="train", tasks=make_tasks(3), convert_one=fake_convert,
+                           out_dir=tmp_path, columns=COLUMNS, settings={"layout": "kitti", "root": Path("/a")})
+    before = load_info(first)
+    assert before["metainfo"]["settings"] == {"point_columns": list(COLUMNS), "layout": "kitti", "root": "/a"}
+    with pytest.raises(ConversionError) as err:
+        run_conversion(dataset="fake", split="train", tasks=make_tasks(3), convert_one=failing_convert,
+                       out_dir=tmp_path, columns=COLUMNS[:3], settings={"layout": "xyz", "root": Path("/a")})
+    assert str(err.value) == (f"{tmp_path} holds a fake conversion with other settings (layout 'kitti' -> 'xyz'; "
+                              f"point_columns ['x', 'y', 'z', 'intensity'] -> ['x', 'y', 'z']); pass --overwrite "
+                              f"to convert every frame again, or choose another --out")
+    assert load_info(first) == before  # nothing rewritten
+    again = run_conversion(dataset="fake", split="train", tasks=make_tasks(3), convert_one=fake_convert,
+                           out_dir=tmp_path, columns=COLUMNS, settings={"layout": "kitti", "root": "/a"})
+    assert (again.converted, again.already_done) == (0, 3)  # same settings: nothing to do
+    three = lambda task: FrameResult(fake_convert(task).points[:, :3] * 2, fake_convert(task).info)  # noqa: E731
+    redone = run_conversion(dataset="fake", split="train", tasks=make_tasks(3), convert_one=three, out_dir=tmp_path,
+                            columns=COLUMNS[:3], settings={"layout": "xyz", "root": "/a"}, overwrite=True)
+    assert (redone.converted, redone.already_done) == (3, 0)
+    for i in range(3):
+        stored = np.fromfile(tmp_path / "points" / f"fake_{i:03d}.bin", "<f4").reshape(-1, 3)
+        np.testing.assert_array_equal(stored, expected_points(i)[:, :3] * 2)
+        assert not (tmp_path / "sweeps" / f"fake_{i:03d}_prev.bin").exists()
+    assert load_info(redone)["metainfo"]["point_columns"] == ["x", "y", "z"]
 
 
 def test_bad_keys_are_rejected(tmp_path):
