@@ -10,6 +10,14 @@ DontCare -1), difficulty, CAM0-CAM3 matrices. There are no poses: ego2global = l
 per frame. ``num_lidar_pts`` counts all velodyne points inside the box (mmdet3d counts only those inside the
 CAM2 image, so truncated objects can differ; objects fully in view agree).
 
+Every frame is checked before it is written: the velodyne file through ``pcmae.io.load_points`` (size, finite
+x, y, z, not empty) plus at least ``--min-points`` points (default 100) within ``MAX_RANGE_M`` of the sensor;
+calibration values finite with rotation blocks orthonormal; label lines finite with positive box sizes. A bad
+frame stops the run or, with ``--on-error skip``, is listed in the summary and ``metainfo["failed"]``. When the
+label_2 folder exists, a frame without its label file is an error (a testing split has no label_2 folder).
+Without ``image_2/<id>.png`` the CAM2 image size is KITTI's usual 375 x 1242 (``DEFAULT_IMAGE_SIZE``; mmdet3d's
+KittiMetric needs one), flagged ``images.CAM2.size_is_default``; a PNG that is there must have a sound header.
+
 Raw layout (``RAW/<date>/<date>_drive_XXXX_sync/velodyne_points/{data/*.bin,timestamps.txt}``, ``oxts/data/*.txt``,
 ``RAW/<date>/calib_imu_to_velo.txt``): one scene per drive, frames in file order, no labels. Poses follow the
 KITTI raw devkit: OXTS lat/lon/alt -> Mercator metres (scale from the drive's first frame), rotation
@@ -22,6 +30,7 @@ import argparse
 import datetime as dt
 import math
 import sys
+import zlib
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -29,7 +38,7 @@ import numpy as np
 
 from data_converters.common import (ConversionError, FrameResult, FrameTask, add_common_arguments,
                                     run_from_args)
-from pcmae.io import read_bin
+from pcmae.io import PointCloudFormatError, load_points
 
 COLUMNS = ("x", "y", "z", "intensity")
 CLASSES = ("Pedestrian", "Cyclist", "Car", "Van", "Truck", "Person_sitting", "Tram", "Misc")  # mmdet3d's order
@@ -38,6 +47,10 @@ CALIB_SIZES = {"P0": 12, "P1": 12, "P2": 12, "P3": 12, "R0_rect": 9, "Tr_velo_to
 EARTH_RADIUS_M = 6378137.0
 # KITTI benchmark difficulty: (min 2D box height px, max occlusion level, max truncation) for easy/moderate/hard
 DIFFICULTY_LIMITS = ((40, 0, 0.15), (25, 1, 0.30), (25, 2, 0.50))
+MIN_POINTS = 100  # --min-points default: a real HDL-64 sweep has ~120k points, ~20k inside the camera view
+MAX_RANGE_M = 1000.0  # x, y, z further from the sensor than this mean a damaged file (the HDL-64 reaches 120 m)
+DEFAULT_IMAGE_SIZE = (375, 1242)  # (height, width) of most KITTI object images, used when image_2 is missing
+ROTATION_TOLERANCE = 1e-2  # |R R^T - I| of calibration rotation blocks (KITTI's are orthonormal to ~1e-6)
 OBJECT_SPLIT_FOLDERS = {"training": "training", "train": "training", "val": "training", "trainval": "training",
                         "testing": "testing", "test": "testing"}
 
@@ -70,8 +83,24 @@ def read_object_calib(path: Path) -> Dict[str, np.ndarray]:
             raise ConversionError(f"{path}: missing {name} (calibration needs {', '.join(CALIB_SIZES)})")
         if values[name].size != size:
             raise ConversionError(f"{path}: {name} has {values[name].size} numbers, expected {size}")
+        if not np.isfinite(values[name]).all():
+            raise ConversionError(f"{path}: {name} has NaN/inf values")
         calib[name] = _to_4x4(values[name].reshape(3, -1))
+        if name.startswith("P"):
+            if not np.allclose(calib[name][2, :3], (0.0, 0.0, 1.0)):
+                raise ConversionError(f"{path}: {name} third row starts {calib[name][2, :3].tolist()}, expected "
+                                      f"[0, 0, 1] (a camera projection)")
+        else:
+            check_rotation(calib[name][:3, :3], f"{path}: {name}")
     return calib
+
+
+def check_rotation(matrix: np.ndarray, what: str) -> None:
+    """ConversionError unless the (3, 3) matrix is a rotation (orthonormal within ROTATION_TOLERANCE, det > 0)."""
+    error = np.abs(matrix @ matrix.T - np.eye(3)).max()
+    if not error <= ROTATION_TOLERANCE or np.linalg.det(matrix) <= 0:
+        raise ConversionError(f"{what}: rotation block is not a rotation (|R R^T - I| = {error:.3g}, "
+                              f"det {np.linalg.det(matrix):.3g}); damaged calibration")
 
 
 def read_raw_calib(path: Path) -> np.ndarray:
@@ -88,8 +117,11 @@ def read_raw_calib(path: Path) -> np.ndarray:
                 raise ConversionError(f"{path}: {name.strip()} has non-numeric values") from None
     if values.get("R", np.empty(0)).size != 9 or values.get("T", np.empty(0)).size != 3:
         raise ConversionError(f"{path}: expected 'R:' with 9 numbers and 'T:' with 3 numbers")
+    if not (np.isfinite(values["R"]).all() and np.isfinite(values["T"]).all()):
+        raise ConversionError(f"{path}: R or T has NaN/inf values")
     matrix = np.eye(4)
     matrix[:3, :3] = values["R"].reshape(3, 3)
+    check_rotation(matrix[:3, :3], f"{path}: R")
     matrix[:3, 3] = values["T"]
     return matrix
 
@@ -134,9 +166,16 @@ def difficulty(bbox_2d: Sequence[float], occluded: int, truncated: float) -> int
 
 # ------------------------------------------------------------------------------------------------ labels
 def read_labels(path: Path) -> List[dict]:
-    """``label_2/<id>.txt`` -> one dict per line: name, truncated, occluded, alpha, bbox (4), hwl, loc, ry."""
+    """``label_2/<id>.txt`` -> one dict per line: name, truncated, occluded, alpha, bbox (4), hwl, loc, ry.
+
+    Checked: 15 (or 16 with a score) fields, finite numbers; objects other than DontCare (which uses -1 / -1000
+    placeholders) need truncation in [0, 1], occlusion 0-3, a 2D box with x1 <= x2, y1 <= y2 and h, w, l > 0."""
     labels = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConversionError(f"{path}: not a text file") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -147,10 +186,29 @@ def read_labels(path: Path) -> List[dict]:
             numbers = [float(v) for v in fields[1:15]]
         except ValueError:
             raise ConversionError(f"{path}: line {number} has non-numeric values") from None
+        if not all(math.isfinite(v) for v in numbers):
+            raise ConversionError(f"{path}: line {number} has NaN/inf values")
+        if fields[0] != "DontCare":
+            problem = _label_problem(numbers)
+            if problem:
+                raise ConversionError(f"{path}: line {number} ({fields[0]}): {problem}")
         labels.append({"name": fields[0], "truncated": numbers[0], "occluded": int(numbers[1]),
                        "alpha": numbers[2], "bbox": numbers[3:7], "hwl": numbers[7:10], "loc": numbers[10:13],
                        "ry": numbers[13]})
     return labels
+
+
+def _label_problem(numbers: Sequence[float]) -> str:
+    truncated, occluded, _, x1, y1, x2, y2, h, w, l = numbers[:10]
+    if not 0.0 <= truncated <= 1.0:
+        return f"truncation {truncated} outside [0, 1]"
+    if occluded not in (0, 1, 2, 3):
+        return f"occlusion {occluded} not one of 0, 1, 2, 3"
+    if not (x1 <= x2 and y1 <= y2):
+        return f"2D box {[x1, y1, x2, y2]} has x1 > x2 or y1 > y2"
+    if not (h > 0 and w > 0 and l > 0):
+        return f"box size h, w, l = {h}, {w}, {l} is not positive"
+    return ""
 
 
 def label_instances(labels: List[dict], points: np.ndarray, calib: Dict[str, np.ndarray]) -> List[dict]:
@@ -178,15 +236,37 @@ def label_instances(labels: List[dict], points: np.ndarray, calib: Dict[str, np.
 
 # ------------------------------------------------------------------------------------------------ object layout
 def png_size(path: Path) -> Optional[tuple]:
-    """(height, width) from a PNG header, or None when the file is missing or not a PNG."""
+    """(height, width) from a PNG header (IHDR chunk, CRC checked); None when the file is missing.
+
+    ConversionError when the file is there but is not a PNG or its header is damaged."""
     try:
         with open(path, "rb") as f:
-            head = f.read(24)
-    except OSError:
+            head = f.read(33)
+    except FileNotFoundError:
         return None
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
-        return None
-    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    except OSError as err:
+        raise ConversionError(f"{path}: cannot read the image ({err})") from None
+    if len(head) < 33 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise ConversionError(f"{path}: not a PNG image (or cut short)")
+    if zlib.crc32(head[12:29]) != int.from_bytes(head[29:33], "big"):
+        raise ConversionError(f"{path}: damaged PNG header (IHDR CRC mismatch)")
+    height, width = int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    if not (0 < height < 2 ** 16 and 0 < width < 2 ** 16):
+        raise ConversionError(f"{path}: PNG header gives an image of {width} x {height} pixels")
+    return height, width
+
+
+def read_velodyne(path) -> np.ndarray:
+    """(N, 4) float32 sweep through ``load_points`` (size, finite x, y, z, not empty) and within MAX_RANGE_M."""
+    try:
+        points = load_points(path, layout="kitti")
+    except (PointCloudFormatError, FileNotFoundError) as err:
+        raise ConversionError(str(err)) from None
+    far = float(np.abs(points[:, :3]).max())
+    if far > MAX_RANGE_M:
+        raise ConversionError(f"{path}: a coordinate of {far:.3g} m is beyond {MAX_RANGE_M:g} m of the sensor "
+                              f"(damaged file)")
+    return points
 
 
 def object_tasks(root: Path, split: str) -> List[FrameTask]:
@@ -210,7 +290,7 @@ def object_tasks(root: Path, split: str) -> List[FrameTask]:
 
 def convert_object_frame(task: FrameTask) -> FrameResult:
     folder, frame_id = Path(task.payload["folder"]), task.payload["frame_id"]
-    points = read_bin(task.source, 4)
+    points = read_velodyne(task.source)
     calib = read_object_calib(folder / "calib" / f"{frame_id}.txt")
     lidar2cam = calib["R0_rect"] @ calib["Tr_velo_to_cam"]
     images = {f"CAM{c}": {"cam2img": calib[f"P{c}"].tolist(), "lidar2img": (calib[f"P{c}"] @ lidar2cam).tolist()}
@@ -219,10 +299,17 @@ def convert_object_frame(task: FrameTask) -> FrameResult:
     image_path = folder / "image_2" / f"{frame_id}.png"
     size = png_size(image_path)
     if size is not None:
-        images["CAM2"].update(img_path=image_path.name, height=size[0], width=size[1])
+        images["CAM2"].update(img_path=image_path.name, height=size[0], width=size[1], size_is_default=False)
+    else:
+        images["CAM2"].update(height=DEFAULT_IMAGE_SIZE[0], width=DEFAULT_IMAGE_SIZE[1], size_is_default=True)
     images["R0_rect"] = calib["R0_rect"].tolist()
     label_path = folder / "label_2" / f"{frame_id}.txt"
-    instances = label_instances(read_labels(label_path), points, calib) if label_path.is_file() else []
+    if label_path.is_file():
+        instances = label_instances(read_labels(label_path), points, calib)
+    elif label_path.parent.is_dir():
+        raise ConversionError(f"{label_path}: label file not found (the label_2 folder has the other frames')")
+    else:
+        instances = []
     identity = np.eye(4).tolist()
     info = {"sample_idx": int(frame_id) if frame_id.isdigit() else task.index, "token": frame_id,
             "timestamp": 0.0, "ego2global": identity, "images": images,
@@ -301,7 +388,7 @@ def raw_tasks(root: Path) -> List[FrameTask]:
 
 def convert_raw_frame(task: FrameTask) -> FrameResult:
     p = task.payload
-    points = read_bin(task.source, 4)
+    points = read_velodyne(task.source)
     imu_to_velo = np.array(p["imu_to_velo"])
     ego2global = np.linalg.inv(np.array(p["origin"])) @ oxts_pose(read_oxts(Path(p["oxts"])), p["scale"])
     lidar2ego = np.linalg.inv(imu_to_velo)
@@ -325,18 +412,19 @@ def convert_one(task: FrameTask) -> FrameResult:
 # ------------------------------------------------------------------------------------------------ command line
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_converters.kitti", description=__doc__.split("\n")[0])
-    add_common_arguments(parser)
+    add_common_arguments(parser, min_points=MIN_POINTS)
     parser.add_argument("--layout", choices=("object", "raw"), default="object",
                         help="object: training/testing folders; raw: <date>/<drive>_sync recordings")
     args = parser.parse_args(argv)
     split = args.split or ("training" if args.layout == "object" else "raw")
     try:
         tasks = object_tasks(args.root, split) if args.layout == "object" else raw_tasks(args.root)
-    except (ConversionError, ValueError) as err:
+    except (ConversionError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    metainfo = {"categories": CATEGORIES, "kitti_layout": args.layout, "default_image_size": DEFAULT_IMAGE_SIZE}
     return run_from_args(args, dataset="kitti", split=split, tasks=tasks, convert_one=convert_one,
-                         columns=COLUMNS, metainfo={"categories": CATEGORIES, "kitti_layout": args.layout})
+                         columns=COLUMNS, metainfo=metainfo, settings={"layout": args.layout})
 
 
 if __name__ == "__main__":

@@ -208,6 +208,160 @@ def test_truncated_velodyne_file_is_a_clear_error(kitti_root, tmp_path):
         kitti.convert_one(task)
 
 
+def replace_file(path: Path, data) -> None:
+    """Swap a symlinked frame file for damaged bytes / text (the shared data stays untouched)."""
+    path.unlink()
+    path.write_bytes(data) if isinstance(data, bytes) else path.write_text(data)
+
+
+def velodyne_bytes(kitti_root: Path, frame: str) -> np.ndarray:
+    return np.fromfile(kitti_root / "training" / "velodyne" / f"{frame}.bin", "<f4").reshape(-1, 4)
+
+
+def test_damaged_frames_are_failures_not_written(kitti_root, tmp_path, capsys):
+    """NaN / inf / far-off coordinates, an empty and a 1-point sweep, NaN calibration and a NaN label box: each
+    frame fails with a line naming its file; nothing of it is written, the sound frame converts."""
+    root = linked_root(kitti_root, tmp_path)
+    velodyne, calib, labels = (root / "training" / name for name in ("velodyne", "calib", "label_2"))
+    damaged = {}
+    for index, value in ((0, np.nan), (1, np.inf)):
+        points = velodyne_bytes(kitti_root, f"00000{index}")
+        points[::1000, 1] = value
+        replace_file(velodyne / f"00000{index}.bin", points.tobytes())
+        damaged[index] = f"00000{index}.bin: {-(-len(points) // 1000)} of {len(points)} points have NaN/inf coordinates"
+    replace_file(velodyne / "000002.bin", b"")
+    replace_file(velodyne / "000003.bin", velodyne_bytes(kitti_root, "000003")[:1].tobytes())
+    damaged.update({2: "000002.bin: the file holds no points",
+                    3: "points: 1 point(s), fewer than --min-points 100 (an empty or cut-short sweep)"})
+    out = tmp_path / "out"
+    assert kitti.main(["--root", str(root), "--out", str(out), "--on-error", "skip"]) == 0
+    printed = capsys.readouterr().out
+    assert "converted 1, already done 0, failed 4" in printed
+    info = load_pickle(out / "kitti_infos_training.pkl")
+    failed = {f["index"]: f["error"] for f in info["metainfo"]["failed"]}
+    assert sorted(failed) == sorted(damaged)
+    for index, message in damaged.items():
+        assert failed[index].startswith(f"{velodyne / f'00000{index}.bin'} (record {index}): ")
+        assert message in failed[index], failed[index]
+        assert f"  failed: {failed[index]}" in printed
+    assert [e["token"] for e in info["data_list"]] == ["000004"]
+    assert sorted(p.name for p in (out / "points").iterdir()) == ["kitti_training_000004.bin"]
+
+    # calibration and labels of frame 000004
+    text = (calib / "000004.txt").read_text()
+    for bad_text, message in (
+            (text.replace("P2: ", "P2: nan ", 1), "P2 has 13 numbers"),
+            (_scale_first_value(text, "P2", float("nan")), "P2 has NaN/inf values"),
+            (_scale_first_value(text, "R0_rect", 10.0), "R0_rect: rotation block is not a rotation"),
+            (_scale_first_value(text, "Tr_velo_to_cam", float("inf")), "Tr_velo_to_cam has NaN/inf values")):
+        replace_file(calib / "000004.txt", bad_text)
+        with pytest.raises(ConversionError, match=message):
+            kitti.convert_one(kitti.object_tasks(root, "training")[4])
+    replace_file(calib / "000004.txt", text)
+    label_text = (labels / "000004.txt").read_text().splitlines()
+    fields = label_text[0].split()
+    for column, value, message in ((11, "nan", "line 1 has NaN/inf values"),
+                                   (8, "-1.5", "box size h, w, l = -1.5"),
+                                   (1, "1.7", r"truncation 1\.7 outside \[0, 1\]")):
+        replace_file(labels / "000004.txt", "\n".join([" ".join(fields[:column] + [value] + fields[column + 1:]),
+                                                        *label_text[1:]]) + "\n")
+        with pytest.raises(ConversionError, match=message):
+            kitti.convert_one(kitti.object_tasks(root, "training")[4])
+    (labels / "000004.txt").unlink()  # label_2 holds the other frames' files: a missing one is an error
+    with pytest.raises(ConversionError, match=r"000004\.txt: label file not found"):
+        kitti.convert_one(kitti.object_tasks(root, "training")[4])
+
+
+def _scale_first_value(text: str, name: str, factor: float) -> str:
+    lines = []
+    for line in text.splitlines():
+        if line.startswith(f"{name}:"):
+            values = line.split()[1:]
+            values[0] = repr(float(values[0]) * factor)
+            line = f"{name}: {' '.join(values)}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def test_stop_on_damage_exits_1_with_one_line(kitti_root, tmp_path):
+    root = linked_root(kitti_root, tmp_path)
+    replace_file(root / "training" / "velodyne" / "000002.bin", b"")
+    run = subprocess.run([sys.executable, "-m", "data_converters.kitti", "--root", str(root), "--out",
+                          str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [
+        f"error: {root / 'training' / 'velodyne' / '000002.bin'} (record 2): "
+        f"{root / 'training' / 'velodyne' / '000002.bin'}: the file holds no points"]
+    assert not (tmp_path / "out" / "kitti_infos_training.pkl").exists()
+
+
+def test_all_frames_damaged_is_exit_1_without_info_file(kitti_root, tmp_path, capsys):
+    root = linked_root(kitti_root, tmp_path)
+    for path in (root / "training" / "velodyne").iterdir():
+        replace_file(path, b"")
+    assert kitti.main(["--root", str(root), "--out", str(tmp_path / "out"), "--on-error", "skip"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.count("  failed: ") == 5
+    assert captured.err.strip() == "error: no kitti frame converted: all 5 failed (listed above); no info file written"
+    assert not (tmp_path / "out" / "kitti_infos_training.pkl").exists()
+
+
+def test_without_image_2_the_default_image_size_is_recorded_and_kitti_metric_runs(kitti_root, tmp_path):
+    root = linked_root(kitti_root, tmp_path)
+    for path in (root / "training" / "image_2").iterdir():
+        path.unlink()
+    (root / "training" / "image_2").rmdir()
+    out = tmp_path / "out"
+    assert kitti.main(["--root", str(root), "--out", str(out), "--limit", "2"]) == 0
+    info = load_pickle(out / "kitti_infos_training.pkl")
+    for entry in info["data_list"]:
+        cam2 = entry["images"]["CAM2"]
+        assert (cam2["height"], cam2["width"], cam2["size_is_default"]) == (375, 1242, True)
+        assert "img_path" not in cam2
+    assert info["metainfo"]["default_image_size"] == (375, 1242)
+    with_images = tmp_path / "with_images"
+    assert kitti.main(["--root", str(kitti_root), "--out", str(with_images), "--limit", "1"]) == 0
+    cam2 = load_pickle(with_images / "kitti_infos_training.pkl")["data_list"][0]["images"]["CAM2"]
+    from PIL import Image  # an independent PNG reader: KITTI image sizes vary by a few pixels (here 1224 x 370)
+
+    width, height = Image.open(kitti_root / "training" / "image_2" / "000000.png").size
+    assert (cam2["height"], cam2["width"], cam2["size_is_default"]) == (height, width, False)
+
+    # mmdet3d's KittiMetric turns predictions (here the ground truth boxes) into KITTI results: it needs CAM2's size
+    import_mmdet3d_datasets()
+    import torch
+    from mmdet3d.evaluation.metrics import KittiMetric
+    from mmdet3d.structures import LiDARInstance3DBoxes
+
+    metric = KittiMetric(ann_file=str(out / "kitti_infos_training.pkl"))
+    metric.data_infos = {e["sample_idx"]: e for e in info["data_list"]}
+    outputs = []
+    for entry in info["data_list"]:
+        calib = kitti.read_object_calib(kitti_root / "training" / "calib" / f"{entry['token']}.txt")
+        cared = [i for i in entry["instances"] if i["bbox_label_3d"] >= 0]
+        boxes = kitti.camera_boxes_to_lidar(np.array([i["bbox_3d"] for i in cared]).reshape(-1, 7),
+                                            calib["R0_rect"] @ calib["Tr_velo_to_cam"])
+        outputs.append({"bboxes_3d": LiDARInstance3DBoxes(torch.tensor(boxes, dtype=torch.float32)),
+                        "scores_3d": torch.ones(len(cared)),
+                        "labels_3d": torch.tensor([i["bbox_label_3d"] for i in cared])})
+    annos = metric.bbox2result_kitti(outputs, [e["sample_idx"] for e in info["data_list"]], list(kitti.CLASSES))
+    assert len(annos) == 2 and sum(len(a["name"]) for a in annos) > 0
+    assert all((a["bbox"][:, 2] <= 1242).all() and (a["bbox"][:, 3] <= 375).all() for a in annos)
+
+
+def test_damaged_png_header_is_an_error(kitti_root, tmp_path):
+    root = linked_root(kitti_root, tmp_path)
+    image = root / "training" / "image_2" / "000001.png"
+    data = bytearray(image.read_bytes()[:4096])
+    data[18] ^= 0x04  # width byte inside IHDR
+    replace_file(image, bytes(data))
+    with pytest.raises(ConversionError, match=r"000001\.png: damaged PNG header \(IHDR CRC mismatch\)"):
+        kitti.convert_one(kitti.object_tasks(root, "training")[1])
+    replace_file(image, b"GIF89a")
+    with pytest.raises(ConversionError, match=r"000001\.png: not a PNG image"):
+        kitti.convert_one(kitti.object_tasks(root, "training")[1])
+
+
 def test_command_line_entry_point(kitti_root, tmp_path):
     run = subprocess.run([sys.executable, "-m", "data_converters.kitti", "--root", str(kitti_root), "--out",
                           str(tmp_path), "--limit", "2"], cwd=REPO, capture_output=True, text=True)
@@ -225,7 +379,7 @@ IMU_TO_VELO_T = (-0.81, 0.32, -0.80)
 STAMPS = ["2011-09-26 13:02:25.964389445", "2011-09-26 13:02:26.068421483", "2011-09-26 13:02:26.172455000"]
 
 
-def write_raw_drive(root: Path, oxts_rows, drive="2011_09_26_drive_0001_sync", points_per_frame=5) -> Path:
+def write_raw_drive(root: Path, oxts_rows, drive="2011_09_26_drive_0001_sync", points_per_frame=150) -> Path:
     date = root / "2011_09_26"
     sync = date / drive
     (sync / "velodyne_points" / "data").mkdir(parents=True)
@@ -234,7 +388,7 @@ def write_raw_drive(root: Path, oxts_rows, drive="2011_09_26_drive_0001_sync", p
         "calib_time: 25-May-2012 16:47:16\nR: 1 0 0 0 1 0 0 0 1\nT: " + " ".join(map(str, IMU_TO_VELO_T)) + "\n")
     (sync / "velodyne_points" / "timestamps.txt").write_text("\n".join(STAMPS[: len(oxts_rows)]) + "\n")
     for i, row in enumerate(oxts_rows):
-        points = np.arange(points_per_frame * 4, dtype=np.float32).reshape(-1, 4) + 1000 * i
+        points = np.arange(points_per_frame * 4, dtype=np.float32).reshape(-1, 4) % 97 + 10 * i  # within 120 m
         points.tofile(sync / "velodyne_points" / "data" / f"{i:010d}.bin")
         values = list(row) + [0.0] * 24  # the 24 velocity / accuracy / status fields are not used
         (sync / "oxts" / "data" / f"{i:010d}.txt").write_text(" ".join(f"{v:.12f}" for v in values) + "\n")
