@@ -7,7 +7,7 @@ Each record is framed as::
 all little-endian; CRC32C is the Castagnoli CRC (``google-crc32c``'s C code when installed, else a table-driven
 pure-Python version, ~100x slower). ``index_records`` reads only the 12-byte headers, so workers can then read
 record ``i`` directly with ``read_record``. Damage (truncation, a bad CRC) raises ``TFRecordError`` naming the file
-and the record index.
+and the record index; ``scan_records`` resynchronises after a damaged header, so later records stay readable.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
 
 from pcmae.io.atomic import atomic_write
 
@@ -85,42 +87,94 @@ class RecordSpan:
     length: int
 
 
-def scan_records(path) -> Tuple[List[RecordSpan], Optional[TFRecordError]]:
+@dataclass(frozen=True)
+class Damage:
+    """Unreadable bytes ``[start, end)`` of a file, counted as (at least) one lost record ``index``."""
+
+    index: int
+    start: int
+    end: int
+    error: TFRecordError
+
+
+def scan_records(path) -> Tuple[List[RecordSpan], List[Damage]]:
     """Index the records of ``path`` from their headers (length CRCs checked, payloads not read).
 
-    Returns the spans of the intact records before any damage, and the error describing the damage (None for a
-    sound file). ``index_records`` is the strict form.
+    Returns the spans of the intact records and the damaged regions. After a bad header (flipped length or CRC
+    bytes, garbage) reading resumes at the next offset that holds a valid record (length CRC and payload CRC both
+    match), so one damaged record does not hide the ones after it; the region in between counts as one lost
+    record. An empty file is one damage (it holds no record). ``index_records`` is the strict form.
     """
     path = Path(path)
     size = path.stat().st_size
     spans: List[RecordSpan] = []
+    damages: List[Damage] = []
+    if size == 0:
+        damages.append(Damage(0, 0, 0, TFRecordError(f"{path} (record 0): empty file, no records")))
+        return spans, damages
     with open(path, "rb") as f:
         position = 0
         while position < size:
-            index = len(spans)
-            header = f.read(HEADER.size)
-            if len(header) < HEADER.size:
-                return spans, TFRecordError(f"{path} (record {index}): truncated file, {len(header)} of "
-                                            f"{HEADER.size} header bytes at offset {position}")
-            length, length_crc = HEADER.unpack(header)
-            if masked_crc32c(header[:8]) != length_crc:
-                return spans, TFRecordError(f"{path} (record {index}): bad length CRC at offset {position} "
-                                            f"(corrupt file or not a TFRecord)")
-            end = position + HEADER.size + length + FOOTER.size
-            if end > size:
-                return spans, TFRecordError(f"{path} (record {index}): truncated file, record needs bytes up to "
-                                            f"{end} but the file has {size}")
-            spans.append(RecordSpan(index, position + HEADER.size, length))
-            position = end
+            index = len(spans) + len(damages)
             f.seek(position)
-    return spans, None
+            header = f.read(HEADER.size)
+            problem = None
+            if len(header) < HEADER.size:
+                problem = f"truncated file, {len(header)} of {HEADER.size} header bytes at offset {position}"
+            else:
+                length, length_crc = HEADER.unpack(header)
+                end = position + HEADER.size + length + FOOTER.size
+                if masked_crc32c(header[:8]) != length_crc:
+                    problem = f"bad length CRC at offset {position} (corrupt file or not a TFRecord)"
+                elif end > size:
+                    problem = f"truncated file, record needs bytes up to {end} but the file has {size}"
+            if problem is None:
+                spans.append(RecordSpan(index, position + HEADER.size, length))
+                position = end
+                continue
+            resume = find_next_record(f, position + 1, size)
+            stop = size if resume is None else resume
+            where = (f"reading resumed at the next valid record at offset {resume}" if resume is not None
+                     else "no valid record after it")
+            damages.append(Damage(index, position, stop, TFRecordError(
+                f"{path} (record {index}): {problem}; bytes {position}-{stop} ({stop - position} bytes) unreadable, "
+                f"at least one record lost, {where}")))
+            position = stop
+    return spans, damages
+
+
+def find_next_record(f, start: int, size: int, chunk: int = 1 << 22) -> Optional[int]:
+    """Smallest offset >= start of the open file ``f`` (``size`` bytes) where a whole valid record starts
+    (length CRC and payload CRC match), or None. Candidates need a length < 2**32 (4 zero high bytes)."""
+    position = start
+    while position + HEADER.size + FOOTER.size <= size:
+        f.seek(position)
+        block = f.read(chunk + HEADER.size)
+        data = np.frombuffer(block, dtype=np.uint8)
+        count = len(data) - HEADER.size + 1  # offsets whose 12 header bytes lie inside the block
+        if count <= 0:
+            return None
+        zero = data == 0
+        high_zero = zero[4:4 + count] & zero[5:5 + count] & zero[6:6 + count] & zero[7:7 + count]
+        for offset in np.flatnonzero(high_zero).tolist():
+            at = position + offset
+            length, length_crc = HEADER.unpack_from(block, offset)
+            if at + HEADER.size + length + FOOTER.size > size or masked_crc32c(block[offset:offset + 8]) != length_crc:
+                continue
+            f.seek(at + HEADER.size)
+            payload = f.read(length + FOOTER.size)
+            if masked_crc32c(payload[:length]) == FOOTER.unpack(payload[length:])[0]:
+                return at
+        position += count
+    return None
 
 
 def index_records(path) -> List[RecordSpan]:
-    """Spans of every record of ``path``; raises TFRecordError on a truncated file or a bad length CRC."""
-    spans, error = scan_records(path)
-    if error is not None:
-        raise error
+    """Spans of every record of ``path``; raises TFRecordError on a truncated file, a bad length CRC or an empty
+    file."""
+    spans, damages = scan_records(path)
+    if damages:
+        raise damages[0].error
     return spans
 
 

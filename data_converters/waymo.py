@@ -14,6 +14,14 @@ values) and ``context`` (stats). Instances follow mmdet3d's Waymo converter: ``b
 length, width, height, heading] in the vehicle frame, labels Car 0 / Pedestrian 1 / Cyclist 2; other types
 (Sign, Unknown) are kept with label -1, and boxes without lidar points get ``bbox_3d_isvalid`` False (mmdet3d
 drops both).
+
+A frame with laser labels but no range images (stripped files such as mmdet3d's test record, camera-only
+splits) is kept as a label-only entry: 0 points, ``label_only`` True, listed in ``metainfo["label_only_frames"]``
+and counted in the summary line; training datasets must skip such entries. Damaged TFRecords: every record
+after a damaged header is still read (see ``tfrecord.scan_records``) and each damaged region is one failed
+record saying how many bytes were unreadable; an empty file is a failed record. Timestamps: ``timestamp`` is
+seconds (``timestamp_micros / 1e6``), as in the other converters' info files; ``timestamp_micros`` keeps the
+exact value. ``--min-points`` defaults to 100.
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ CATEGORIES = {"Car": 0, "Pedestrian": 1, "Cyclist": 2}  # mmdet3d's Waymo class 
 WAYMO_TYPES = ("UNKNOWN", "VEHICLE", "PEDESTRIAN", "SIGN", "CYCLIST")  # label.proto Label.Type
 TYPE_TO_LABEL = {"VEHICLE": 0, "PEDESTRIAN": 1, "CYCLIST": 2}
 CAMERA_KEYS = {1: "CAM_FRONT", 2: "CAM_FRONT_LEFT", 3: "CAM_FRONT_RIGHT", 4: "CAM_SIDE_LEFT", 5: "CAM_SIDE_RIGHT"}
+MIN_POINTS = 100  # --min-points default: a real frame has ~180k points (all five lidars, two returns)
 SPLIT_PREFIX = {"training": 0, "validation": 1, "testing": 2}  # first digit of sample_idx, as in mmdet3d
 # Waymo camera frame (x forward, y left, z up) -> KITTI-style camera frame (x right, y down, z forward)
 WAYMO_TO_KITTI_CAMERA = np.array([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0],
@@ -70,19 +79,21 @@ def frame_key(path: Path, index: int) -> str:
 def build_tasks(files: Sequence[Path], split: str) -> List[FrameTask]:
     """One FrameTask per record (payload: sample_idx and the record's span).
 
-    A damaged file (truncated, bad length CRC) gives tasks for its intact records plus one task for the damaged
-    record that fails with the damage message, so --on-error decides what happens.
+    A damaged file (truncated, bad length CRC, empty) gives tasks for its intact records (also those after the
+    damage, see ``scan_records``) plus one task per damaged region that fails with the damage message (how many
+    bytes were unreadable), so --on-error decides what happens.
     """
     prefix = SPLIT_PREFIX.get(split, 3)
     tasks = []
     for file_index, path in enumerate(files):
-        spans, damage = scan_records(path)
+        spans, damages = scan_records(path)
         for span in spans:
             sample_idx = prefix * 10 ** 6 + file_index * 1000 + span.index
             tasks.append(FrameTask(frame_key(path, span.index), str(path), span.index, (sample_idx, span, None)))
-        if damage is not None:
-            tasks.append(FrameTask(frame_key(path, len(spans)), str(path), len(spans), (None, None, str(damage))))
-    return tasks
+        for damage in damages:
+            tasks.append(FrameTask(frame_key(path, damage.index), str(path), damage.index,
+                                   (None, None, str(damage.error))))
+    return sorted(tasks, key=lambda t: (t.source, t.index))
 
 
 # ------------------------------------------------------------------------------------------------ one frame
@@ -105,13 +116,15 @@ def convert_one(task: FrameTask) -> FrameResult:
     try:
         frame = parse_frame(read_record(task.source, span))
         points, segments = frame_points(frame)
-        if not segments:
-            raise ValueError("frame has no lidar range images (camera-only split, or stripped)")
+        if not segments and not frame.laser_labels:
+            raise ValueError("frame has neither lidar range images nor laser labels")
         info = frame_info(frame, sample_idx, task.index, segments)
     except TFRecordError as err:  # names file and record already
         raise ConversionError(str(err)) from None
     except ValueError as err:  # not a Frame, RangeImageError, bad calibration
         raise ConversionError(f"{where}: {err}") from None
+    if not segments:  # labels without range images (stripped or camera-only): keep the labels, flagged
+        return FrameResult(points=np.zeros((0, len(COLUMNS)), np.float32), info=info, label_only=True)
     return FrameResult(points=points, info=info)
 
 
@@ -195,7 +208,7 @@ def _context_stats(context) -> dict:
 # ------------------------------------------------------------------------------------------------ command line
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_converters.waymo", description=__doc__.split("\n")[0])
-    add_common_arguments(parser)
+    add_common_arguments(parser, min_points=MIN_POINTS)
     parser.set_defaults(split="training")
     args = parser.parse_args(argv)
     split = args.split
@@ -203,7 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         files = find_tfrecords(args.root, split)
         dataset_pb2()
         tasks = build_tasks(files, split)
-    except (ImportError, FileNotFoundError) as err:
+    except (ImportError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return run_from_args(args, dataset=DATASET, split=split, tasks=tasks, convert_one=convert_one,

@@ -118,11 +118,51 @@ def test_truncated_file_is_rejected(tmp_path, cut):
     good = val_path().read_bytes()
     bad = tmp_path / "cut.tfrecord"
     bad.write_bytes(good + good[:cut])  # record 0 intact, record 1 cut short
-    spans, error = tfrecord.scan_records(bad)
+    spans, damages = tfrecord.scan_records(bad)
     assert [s.index for s in spans] == [0]
-    assert str(bad) in str(error) and "(record 1)" in str(error) and "truncated" in str(error)
+    (damage,) = damages
+    error = str(damage.error)
+    assert str(bad) in error and "(record 1)" in error and "truncated" in error
+    assert (damage.start, damage.end) == (len(good), len(good) + cut)
+    assert f"({cut} bytes) unreadable, at least one record lost, no valid record after it" in error
     with pytest.raises(tfrecord.TFRecordError, match=r"\(record 1\): truncated"):
         tfrecord.index_records(bad)
+
+
+@pytest.mark.parametrize("where", [0, 3, 7, 8, 11], ids=["len0", "len3", "len7", "crc0", "crc3"])
+def test_flipped_length_bit_loses_one_record_not_the_rest(tmp_path, where):
+    """A flipped bit in record 1's header: records 0, 2, 3 are still read (resynchronised on the next valid header),
+    and the damage says which bytes were unreadable."""
+    records = [os.urandom(3000 + 100 * i) for i in range(4)]
+    good = tfrecord.write_records(tmp_path / "good.tfrecord", records)
+    spans = tfrecord.index_records(good)
+    data = bytearray(good.read_bytes())
+    header = spans[1].offset - 12
+    data[header + where] ^= 0x20
+    bad = tmp_path / "flipped.tfrecord"
+    bad.write_bytes(bytes(data))
+    found, damages = tfrecord.scan_records(bad)
+    assert [tfrecord.read_record(bad, s) for s in found] == [records[0], records[2], records[3]]
+    assert [s.index for s in found] == [0, 2, 3]
+    (damage,) = damages
+    assert (damage.index, damage.start, damage.end) == (1, header, spans[2].offset - 12)
+    assert str(damage.error) == (f"{bad} (record 1): bad length CRC at offset {header} (corrupt file or not a "
+                                 f"TFRecord); bytes {header}-{damage.end} ({damage.end - header} bytes) unreadable, "
+                                 f"at least one record lost, reading resumed at the next valid record at offset "
+                                 f"{damage.end}")
+
+
+def test_empty_and_garbage_files_are_damage(tmp_path):
+    empty = tmp_path / "empty.tfrecord"
+    empty.write_bytes(b"")
+    found, damages = tfrecord.scan_records(empty)
+    assert found == [] and [str(d.error) for d in damages] == [f"{empty} (record 0): empty file, no records"]
+    with pytest.raises(tfrecord.TFRecordError, match="empty file"):
+        tfrecord.index_records(empty)
+    garbage = tmp_path / "garbage.tfrecord"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    found, damages = tfrecord.scan_records(garbage)
+    assert found == [] and [(d.start, d.end) for d in damages] == [(0, 20000)]
 
 
 # ------------------------------------------------------------------------------------------ the real frame
@@ -189,12 +229,45 @@ def test_real_frame_matches_mmdet3d_fixtures():
 
 
 @needs_protos
-def test_real_frame_without_range_images_is_an_error():
-    path = val_path()
-    span = tfrecord.index_records(path)[0]
-    task = FrameTask("val_0000", str(path), 0, (1_000_000, span, None))
-    with pytest.raises(ConversionError, match=r"val\.tfrecord \(record 0\): frame has no lidar range images"):
-        waymo.convert_one(task)
+def test_real_frame_without_range_images_keeps_its_labels_flagged(tmp_path, capsys):
+    """mmdet3d stripped the real frame's range images: its 18 labels stay, in an entry with 0 points, flagged."""
+    out = tmp_path / "out"
+    assert waymo.main(["--root", str(val_path()), "--out", str(out), "--split", "validation"]) == 0
+    printed = capsys.readouterr().out
+    assert "converted 1, already done 0, failed 0" in printed
+    assert "1 label-only frame(s) kept with 0 points (flagged label_only)" in printed
+    with open(out / "waymo_infos_validation.pkl", "rb") as f:
+        info = pickle.load(f)
+    (entry,) = info["data_list"]
+    assert entry["label_only"] is True and entry["lidar_points"]["num_points"] == 0
+    assert info["metainfo"]["label_only_frames"] == ["val_0000"]
+    assert len(entry["instances"]) == len(val_frame().laser_labels) == 18
+    assert (out / "points" / "val_0000.bin").stat().st_size == 0
+    # a frame with neither range images nor labels is a failure
+    empty = dataset_pb2.Frame()
+    empty.CopyFrom(val_frame())
+    del empty.laser_labels[:]
+    path = tfrecord.write_records(tmp_path / "nothing.tfrecord", [empty.SerializeToString()])
+    with pytest.raises(ConversionError, match=r"nothing\.tfrecord \(record 0\): frame has neither lidar range "
+                                              r"images nor laser labels"):
+        waymo.convert_one(waymo.build_tasks([path], "training")[0])
+
+
+def test_timestamps_are_seconds_like_the_other_converters():
+    """Waymo's ``timestamp`` is seconds (micros / 1e6) as in the nuScenes converter (sample timestamp / 1e6), KITTI
+    raw (POSIX seconds) and mmdet3d's own v2 nuScenes infos; ``timestamp_micros`` keeps the exact value. (mmdet3d's
+    Waymo infos store micros in ``timestamp``: readers of our files get seconds, said in metainfo.)"""
+    if dataset_pb2 is None:
+        pytest.skip("needs the Waymo protos")
+    frame = val_frame()
+    info = waymo.frame_info(frame, 1_000_000, 0, [])
+    assert info["timestamp_micros"] == frame.timestamp_micros
+    assert info["timestamp"] == frame.timestamp_micros / 1e6
+    assert 1.0e9 < info["timestamp"] < 2.0e9  # 2001-2033 in seconds; micros would be ~1.5e15
+    nuscenes_info = shared_data_path("mmdet3d", "tests", "data", "nuscenes", "nus_info.pkl")
+    with open(nuscenes_info, "rb") as f:
+        nus = pickle.load(f)
+    assert 1.0e9 < nus["data_list"][0]["timestamp"] < 2.0e9
 
 
 # ------------------------------------------------------------------------------------------ range images
@@ -440,6 +513,38 @@ def test_cli_skips_bad_records_and_reports_them(tmp_path, round_trip, capsys):
 
     assert waymo.main(["--root", str(raw), "--out", str(tmp_path / "stop")]) == 1
     assert f"{path} (record 1): bad payload CRC" in capsys.readouterr().err
+
+
+@needs_protos
+def test_cli_flipped_length_bit_and_empty_file_are_reported(tmp_path, round_trip, capsys):
+    frame, _ = round_trip
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    path, records = write_segment(raw / "segment-a.tfrecord", frame, 3, frame.timestamp_micros)
+    data = bytearray(path.read_bytes())
+    second = tfrecord.index_records(path)[1]
+    data[second.offset - 12 + 2] ^= 0x01  # record 1's length field
+    path.write_bytes(bytes(data))
+    (raw / "segment-b.tfrecord").write_bytes(b"")
+    out = tmp_path / "skip"
+    assert waymo.main(["--root", str(raw), "--out", str(out), "--on-error", "skip"]) == 0
+    printed = capsys.readouterr().out
+    assert "converted 2, already done 0, failed 2" in printed
+    with open(out / "waymo_infos_training.pkl", "rb") as f:
+        info = pickle.load(f)
+    assert [e["frame_index"] for e in info["data_list"]] == [0, 2]  # record 2 survives the damage before it
+    failed = info["metainfo"]["failed"]
+    assert [(Path(f["source"]).name, f["index"]) for f in failed] == [("segment-a.tfrecord", 1),
+                                                                        ("segment-b.tfrecord", 0)]
+    assert "bad length CRC" in failed[0]["error"] and f"({len(records[1]) + 16} bytes) unreadable" in failed[0]["error"]
+    assert failed[1]["error"] == f"{raw / 'segment-b.tfrecord'} (record 0): empty file, no records"
+    # only damaged input: no info file of 0 frames, exit 1
+    (raw / "segment-a.tfrecord").unlink()
+    assert waymo.main(["--root", str(raw), "--out", str(tmp_path / "none"), "--on-error", "skip"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == ("error: no waymo frame converted: all 1 failed (listed above); no info file "
+                                    "written")
+    assert not (tmp_path / "none" / "waymo_infos_training.pkl").exists()
 
 
 def test_cli_reports_missing_input_and_missing_protos(tmp_path, capsys, monkeypatch):
