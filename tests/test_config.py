@@ -114,10 +114,16 @@ def test_bad_overrides_and_values(three_levels):
         load_config(three_levels, ["train.lr.x=1"])
     with pytest.raises(ConfigError, match=r"train\.epochs: expected int, got 'ten'"):
         load_config(three_levels, ["train.epochs=ten"])
-    with pytest.raises(ConfigError, match=r"train\.amp: must be 'none' or 'bf16'"):
-        load_config(three_levels, ["train.amp=fp16"])
+    with pytest.raises(ConfigError, match=r"train\.amp: must be 'none', 'bf16' or 'fp16'"):
+        load_config(three_levels, ["train.amp=fp8"])
     with pytest.raises(ConfigError, match=r"train\.betas: expected a list of 2 numbers"):
         load_config(three_levels, ["train.betas=[0.9]"])
+    # one ConfigError line each, where a traceback came before
+    with pytest.raises(ConfigError, match=r"override train\.betas=\[0\.9,: not valid YAML"):
+        load_config(three_levels, ["train.betas=[0.9,"])
+    for bad in ("train.lr=.inf", "train.lr=.nan", "train.betas=[0.9, .inf]", "train.grad_clip=.inf"):
+        with pytest.raises(ConfigError, match=rf"train\.{bad.split('.')[1].split('=')[0]}: must be finite"):
+            load_config(three_levels, [bad])
 
 
 def test_missing_and_cyclic_bases(tmp_path):

@@ -125,7 +125,7 @@ def test_validation_is_logged_and_leaves_training_randomness_alone(tmp_path):
 # --- logs and checkpoints --------------------------------------------------------------------------
 
 def test_metrics_jsonl_log_txt_checkpoints_and_summary(tmp_path):
-    cfg = replace(TRAIN, epochs=4, log_interval=6, ckpt_interval=2, grad_clip=None)
+    cfg = replace(TRAIN, epochs=4, log_interval=6, ckpt_interval=2, grad_clip=None, max_keep_ckpts=-1)
     dataset = DATASETS.build({"type": "EngineTestVectors", "num_samples": 24}, where="data.train")
     trainer, summary = fit(tmp_path, cfg, model=IndexLoss(), dataset=dataset, config={"train": cfg.to_dict()})
     lines = read_metrics(tmp_path)
@@ -144,15 +144,19 @@ def test_metrics_jsonl_log_txt_checkpoints_and_summary(tmp_path):
     assert "epoch 1/4 step 6 loss 11.5 lr " in log and " it/s" in log
     assert sorted(p.name for p in tmp_path.glob("checkpoint_*")) == [
         "checkpoint_epoch2.pth", "checkpoint_epoch4.pth", "checkpoint_last.pth"]
-    ckpt = load_checkpoint(tmp_path / "checkpoint_epoch2.pth")
-    assert (ckpt["epoch"], ckpt["step"], ckpt["batch_in_epoch"]) == (2, 12, 0)
+    ckpt = load_checkpoint(tmp_path / "checkpoint_epoch2.pth")  # weights and position, no optimizer state
+    assert (ckpt["epoch"], ckpt["step"]) == (2, 12) and "optimizer" not in ckpt and "rng" not in ckpt
     assert ckpt["config"] == {"train": cfg.to_dict()} and set(ckpt["model"]) == {"w"}
     assert (tmp_path / "config.yaml").read_text().startswith("train:")
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
-    fit(tmp_path, replace(cfg, epochs=1), model=IndexLoss(), dataset=dataset)  # a fresh run in the same folder
+    with pytest.raises(ValueError, match="already holds a run .*--resume.*--overwrite"):  # its metrics stay
+        fit(tmp_path, replace(cfg, epochs=1), model=IndexLoss(), dataset=dataset)
+    assert [m["step"] for m in read_metrics(tmp_path)] == [6, 12, 18, 24]
+    trainer = Trainer(IndexLoss(), dataset, replace(cfg, epochs=1), tmp_path)
+    trainer.fit(overwrite=True)  # a fresh run in the same folder, asked for
     assert [m["step"] for m in read_metrics(tmp_path)] == [6]  # starts metrics.jsonl over
-    assert "exists and will be overwritten" in (tmp_path / "log.txt").read_text()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*")) == ["checkpoint_epoch1.pth", "checkpoint_last.pth"]
 
 
 def test_grad_clip_bounds_the_gradient_and_logs_the_norm(tmp_path):
@@ -224,7 +228,7 @@ def test_load_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="foreign.pth: not a pcmae checkpoint.*convert_checkpoint"):
         load_checkpoint(tmp_path / "foreign.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
-    with pytest.raises(CheckpointError, match="junk.pth: cannot be read as a torch checkpoint"):
+    with pytest.raises(CheckpointError, match="junk.pth: damaged or not a torch zip checkpoint"):
         load_checkpoint(tmp_path / "junk.pth")
 
 

@@ -1,61 +1,82 @@
 #!/usr/bin/env python
 """Fine-tune a classifier (ModelNet40, ScanObjectNN, ...) from a pre-trained encoder.
 
-    python tools/finetune.py configs/point_mae/modelnet40_finetune.yaml --pretrained work_dirs/shapenet55/checkpoint_last.pth
+    python tools/finetune.py configs/point_mae/modelnet40_finetune.yaml --pretrained work_dirs/point_mae/shapenet55/checkpoint_last.pth
     python tools/finetune.py configs/point_mae/scanobjectnn_pb_t50_rs.yaml --pretrained pretrain.pth  # Point-MAE's file
+    python tools/finetune.py CONFIG --pretrained P train.layer_decay=0.75 --protocol plain vote
 
-``--pretrained`` takes a pcmae checkpoint or a checkpoint released by Point-MAE's authors. After training,
-the accuracy on ``data.val`` is printed and written to <work-dir>/eval.json.
+``--pretrained`` takes a pcmae pre-training checkpoint or a checkpoint released by Point-MAE's authors (both read
+weights-only: no code in a file is run). ``data.val`` is evaluated every ``train.val_interval`` epochs (logged as
+val/acc; ``train.save_best: val/acc`` keeps checkpoint_best.pth). After training, the accuracy of the last and of
+the best weights under each ``--protocol`` (plain; vote = Point-MAE's ModelNet40 voting) is printed and written
+to <work-dir>/eval.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-import torch
-
-from pcmae.engine.build import build_dataset, build_model, command_line, load_checked_config
-from pcmae.engine.checkpoint import load_checkpoint
+from pcmae.engine.build import (add_run_arguments, build_dataset, build_model, check_run_arguments, command_line,
+                                default_work_dir, load_checked_config)
+from pcmae.engine.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_model_weights
 from pcmae.engine.config import TrainConfig
-from pcmae.engine.rng import seed_everything
 from pcmae.engine.distributed import is_main_process
-from pcmae.engine.trainer import Trainer
-from pcmae.evaluation.classification import evaluate_accuracy
-from pcmae.integrations.point_mae_checkpoint import convert_point_mae_file
+from pcmae.engine.rng import seed_everything
+from pcmae.engine.trainer import BEST_CHECKPOINT, Trainer
+from pcmae.evaluation.classification import PROTOCOLS, evaluate_accuracy
+from pcmae.integrations.point_mae_checkpoint import convert_point_mae_file, read_point_mae_file
 
 
 def pretrained_state(path) -> dict:
-    """pcmae state dict from a pcmae checkpoint, or from a Point-MAE release converted on the fly."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(ckpt, dict) and "base_model" in ckpt:
-        return convert_point_mae_file(path)[1]
-    return load_checkpoint(path)["model"]
+    """pcmae state dict from a pcmae checkpoint, or from a Point-MAE release converted on the fly (weights-only)."""
+    try:
+        return load_checkpoint(path)["model"]
+    except CheckpointError as err:
+        if "Point-MAE" not in str(err):
+            raise
+    read_point_mae_file(path)  # one clear line if it is neither
+    return convert_point_mae_file(path)[1]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
-    parser.add_argument("--pretrained", help="encoder weights (pcmae or Point-MAE checkpoint)")
-    parser.add_argument("--work-dir")
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--pretrained", help="encoder weights (pcmae pre-training or Point-MAE checkpoint)")
+    add_run_arguments(parser)
+    parser.add_argument("--protocol", nargs="+", default=["plain"], choices=sorted(PROTOCOLS),
+                        help="evaluation protocols of the final accuracy (default: plain)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)
+    check_run_arguments(args)
 
     cfg = load_checked_config(args.config, args.overrides)
-    work_dir = Path(args.work_dir or Path("work_dirs") / Path(args.config).stem)
+    work_dir = default_work_dir(args.config, {"work_dir": args.work_dir} if args.work_dir else cfg)
     seed_everything(cfg["train"].get("seed", 0))  # model init is part of the seeded run
     model = build_model(cfg["model"])
-    if args.pretrained and not args.resume:
+    if args.load_from:
+        load_model_weights(model, args.load_from, cfg["model"]["type"])
+    elif args.pretrained and not args.resume:
         model.load_encoder_from_pretrainer(pretrained_state(args.pretrained))
     train_set = build_dataset(cfg["data"]["train"])
-    trainer = Trainer(model, train_set, TrainConfig.from_dict(cfg["train"]), work_dir, config=cfg)
-    trainer.fit(resume=args.resume)
-    if is_main_process() and "val" in cfg["data"]:
-        result = evaluate_accuracy(model, build_dataset(cfg["data"]["val"], where="data.val"))
-        print(f"accuracy {100 * result['accuracy']:.2f} %, class mean {100 * result['class_mean_accuracy']:.2f} %")
-        (work_dir / "eval.json").write_text(json.dumps(result, indent=2))
-        return result
+    val_set = build_dataset(cfg["data"]["val"], where="data.val") if "val" in cfg["data"] else None
+    trainer = Trainer(model, train_set, TrainConfig.from_dict(cfg["train"]), work_dir, val_dataset=val_set,
+                      config=cfg)
+    trainer.fit(resume=args.resume, overwrite=args.overwrite)
+    if not (is_main_process() and val_set is not None):
+        return None
+    result = {"last": {p: evaluate_accuracy(model, val_set, protocol=p) for p in args.protocol}}
+    if (work_dir / BEST_CHECKPOINT).is_file():
+        best = build_model(cfg["model"]).to(trainer.device)
+        state = load_model_weights(best, work_dir / BEST_CHECKPOINT, cfg["model"]["type"])
+        result["best"] = {p: evaluate_accuracy(best, val_set, protocol=p) for p in args.protocol}
+        result["best"]["epoch"] = state["epoch"]
+    for weights, by_protocol in result.items():
+        for protocol in args.protocol:
+            r = by_protocol[protocol]
+            print(f"{weights} weights, {protocol}: accuracy {100 * r['accuracy']:.2f} %, "
+                  f"class mean {100 * r['class_mean_accuracy']:.2f} %")
+    atomic_write(work_dir / "eval.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
+    return result
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import json
 import torch
 
 from pcmae.engine.build import build_dataset, build_model, command_line, load_checked_config
-from pcmae.engine.checkpoint import load_checkpoint
+from pcmae.engine.checkpoint import atomic_write, load_model_weights
 from pcmae.evaluation.probe import linear_probe
 
 
@@ -36,7 +36,7 @@ def main(argv=None):
 
     results = {}
     pretrained = build_model(cfg["model"])
-    pretrained.load_state_dict(load_checkpoint(args.checkpoint)["model"])
+    load_model_weights(pretrained, args.checkpoint, cfg["model"]["type"])
     results["pre-trained"] = linear_probe(pretrained, train_set, test_set, args.seeds)
     random_runs = []
     for seed in args.seeds:  # a fresh random init per seed: its spread is part of the baseline
@@ -51,8 +51,7 @@ def main(argv=None):
     for name, r in results.items():
         print(f"| {name} | {100 * r['mean']:.1f} +- {100 * r['std']:.1f} % |")
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(results, f, indent=2)
+        atomic_write(args.output, lambda f: f.write(json.dumps(results, indent=2).encode()))
     return results
 
 

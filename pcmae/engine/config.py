@@ -12,6 +12,8 @@ An unknown key anywhere raises ``ConfigError`` naming the dotted key and the clo
 """
 from __future__ import annotations
 
+import inspect
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -50,14 +52,22 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     min_lr: float = 1e-6
     grad_clip: Optional[float] = None  # max global grad norm, None = no clipping
-    amp: str = "none"  # "none" | "bf16" (autocast; no loss scaling needed)
+    amp: str = "none"  # "none" | "bf16" (autocast) | "fp16" (autocast + GradScaler, for GPUs without bf16)
     seed: int = 0
     deterministic: bool = False
     drop_last: bool = True  # drop the last incomplete batch of each epoch
     device: str = "auto"  # "auto" (CUDA when present) | "cpu" | "cuda"
     log_interval: int = 10  # optimizer steps between logged lines
     ckpt_interval: int = 1  # epochs between checkpoint_epoch{N}.pth files
+    max_keep_ckpts: int = 0  # checkpoint_epoch{N}.pth files kept beside checkpoint_last/best; -1 keeps all
+    epoch_ckpt_optimizer: bool = False  # per-epoch files also hold the optimizer state (2-3x larger)
+    val_interval: int = 1  # epochs between validations on data.val (when the config has one)
+    save_best: Optional[str] = None  # e.g. "val/acc": keep checkpoint_best.pth at the best value of this metric
+    save_best_mode: str = "auto"  # "max" | "min" | "auto" (min for names containing "loss", else max)
+    sync_bn: bool = False  # under DDP, convert every BatchNorm to SyncBatchNorm
+    layer_decay: Optional[float] = None  # layer-wise lr decay (fine-tuning): block i of L gets lr * decay^(L - i)
     vis_samples: int = 4
+    vis_interval: Optional[int] = None  # optimizer steps between pictures in TensorBoard (None: only at the end)
     max_steps: Optional[int] = None  # stop after this many optimizer steps (demos, tests); schedule unchanged
 
     def __post_init__(self):
@@ -65,10 +75,24 @@ class TrainConfig:
         for f in fields(self):
             setattr(self, f.name, _coerce(f"train.{f.name}", getattr(self, f.name), hints[f.name]))
         _require(self.optimizer == "adamw", "train.optimizer", f"only 'adamw' is supported, got {self.optimizer!r}")
-        _require(self.amp in ("none", "bf16"), "train.amp", f"must be 'none' or 'bf16', got {self.amp!r}")
+        _require(self.amp in ("none", "bf16", "fp16"), "train.amp",
+                 f"must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
+        _require(self.save_best_mode in ("auto", "max", "min"), "train.save_best_mode",
+                 f"must be 'auto', 'max' or 'min', got {self.save_best_mode!r}")
+        _require(self.save_best is None or self.save_best.startswith(("val/", "train/")), "train.save_best",
+                 f"must name a logged metric such as 'val/acc' or 'val/loss', got {self.save_best!r}")
+        for name in ("lr", "min_lr", "weight_decay", "warmup_epochs", "betas", "grad_clip", "layer_decay"):
+            values = getattr(self, name)
+            values = values if isinstance(values, tuple) else (values,)
+            _require(all(v is None or math.isfinite(v) for v in values), f"train.{name}",
+                     f"must be finite, got {getattr(self, name)!r}")
+        _require(self.layer_decay is None or 0 < self.layer_decay <= 1, "train.layer_decay",
+                 f"must be in (0, 1] or null, got {self.layer_decay!r}")
+        _require(self.max_keep_ckpts >= -1, "train.max_keep_ckpts", f"must be >= -1, got {self.max_keep_ckpts}")
+        _require(self.vis_interval is None or self.vis_interval >= 1, "train.vis_interval", "must be >= 1 or null")
         _require(self.device in ("auto", "cpu", "cuda"), "train.device",
                  f"must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        for name in ("epochs", "batch_size", "log_interval", "ckpt_interval"):
+        for name in ("epochs", "batch_size", "log_interval", "ckpt_interval", "val_interval"):
             _require(getattr(self, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(self, name)}")
         for name in ("num_workers", "vis_samples", "lr", "min_lr", "weight_decay", "warmup_epochs"):
             _require(getattr(self, name) >= 0, f"train.{name}", f"must be >= 0, got {getattr(self, name)}")
@@ -129,9 +153,13 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_value(text: str) -> Any:
+def parse_value(text: str, key: str = "value") -> Any:
     """A YAML scalar or flow collection: '1e-4' -> 1e-4, 'true' -> True, '[0.9, 0.95]' -> list, 'null' -> None."""
-    return yaml.load(text, Loader=_Loader) if text.strip() else None
+    try:
+        return yaml.load(text, Loader=_Loader) if text.strip() else None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"override {key}={text}: not valid YAML ({problem}); quote strings, close lists") from None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -196,7 +224,7 @@ def apply_override(cfg: dict, item: str) -> None:
             prefix = ".".join(parts[: depth + 1])
             raise ConfigError(f"override {item!r}: '{prefix}' is a {type(child).__name__}, not a section")
         node = child
-    node[parts[-1]] = parse_value(text)
+    node[parts[-1]] = parse_value(text, dotted.strip())
 
 
 def _check_override_path(parts: list) -> None:
@@ -290,4 +318,45 @@ def _check_signature(registry: Registry, section: dict, where: str) -> None:
         cls = registry.get(section["type"])
     except ConfigError as err:
         raise ConfigError(f"{where}.type: {err}") from None
-    check_kwargs(cls, {k: v for k, v in section.items() if k != "type"}, where)
+    kwargs = {k: v for k, v in section.items() if k != "type"}
+    check_kwargs(cls, kwargs, where)
+    check_kwarg_types(cls, kwargs, where)
+
+
+SCALAR_TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _expected_scalar(param: inspect.Parameter, hints: dict):
+    """bool / int / float / str when the parameter's annotation (else its default) says so plainly; else None."""
+    hint = hints.get(param.name)
+    if hint in SCALAR_TYPES:
+        return hint
+    if hint is None and param.default is not inspect.Parameter.empty and type(param.default) in SCALAR_TYPES:
+        return type(param.default)
+    return None
+
+
+def _fits(value, expected) -> bool:
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def check_kwarg_types(cls, kwargs: dict, where: str) -> None:
+    """ConfigError naming ``where.key`` when a value cannot be what a plainly typed parameter expects
+    (``model.depth=abc`` for ``depth: int``); parameters typed otherwise are left to the class."""
+    try:
+        params = inspect.signature(cls).parameters
+        hints = get_type_hints(cls.__init__ if inspect.isclass(cls) else cls)
+    except (TypeError, ValueError, NameError):
+        return
+    for key, value in kwargs.items():
+        if key in params and value is not None:
+            expected = _expected_scalar(params[key], hints)
+            if expected is not None and not _fits(value, expected):
+                raise ConfigError(f"{where}.{key}: expected {SCALAR_TYPES[expected]}, got {value!r} "
+                                  f"({type(value).__name__})")

@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
+from pcmae.registry import ConfigError
+
 
 @dataclass
 class DistContext:
@@ -46,14 +48,23 @@ def is_main_process() -> bool:
 def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     """'auto' -> CUDA (this process's GPU) when present, else CPU; 'cuda' without a GPU is an error."""
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device (use 'auto' or 'cpu')")
+        raise ConfigError("train.device is 'cuda' but torch sees no CUDA device (use 'auto' or 'cpu')")
     if preference == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     if local_rank >= torch.cuda.device_count():
-        raise RuntimeError(f"process with LOCAL_RANK {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+        raise ConfigError(f"process with LOCAL_RANK {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
                            "start at most one process per GPU, or set train.device=cpu")
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
+
+
+def convert_sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Every BatchNorm (the mini-PointNet's, spconv's ``SparseSequential`` ones) -> SyncBatchNorm: batch statistics
+    over all processes. torch runs SyncBatchNorm on GPUs only, so on CPU this is a ConfigError."""
+    if torch.device(device).type != "cuda":
+        raise ConfigError(f"train.sync_bn: torch's SyncBatchNorm runs on GPUs only, this run is on {device}; "
+                          "set train.sync_bn=false")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def init_distributed(device: str = "auto") -> DistContext:

@@ -29,12 +29,27 @@ def format_line(epoch: int, epochs: int, step: int, metrics: dict) -> str:
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop lines logged after ``last_step`` (by a run killed after its last checkpoint)."""
+    """Drop lines logged after ``last_step`` (by a run killed after its last checkpoint), and a half-written
+    last line (a run killed while writing it). A damaged line before the last is an error naming it."""
     if not path.is_file():
         return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= last_step]
-    if len(kept) != len(lines):
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            step = int(record["step"])
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):
+                warnings.warn(f"{path}: dropping its half-written last line {line.strip()[:60]!r}", stacklevel=2)
+                continue
+            raise ValueError(f"{path}:{number}: not a metrics record ({line.strip()[:60]!r}); "
+                             "repair or move the file") from None
+        if step <= last_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
         atomic_write(path, lambda f: f.write("".join(kept).encode()))
 
 
@@ -89,6 +104,11 @@ class TrainLogger:
         self.text_file.flush()
         if self.bar is None:
             print(line, file=sys.stderr, flush=True)
+
+    def image(self, tag: str, image, step: int) -> None:
+        """An (H, W, 3) uint8 picture to TensorBoard."""
+        if self.enabled and self.tb is not None:
+            self.tb.add_image(tag, image, step, dataformats="HWC")
 
     def close(self) -> None:
         for handle in (self.bar, self.tb, self.metrics_file, self.text_file):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
@@ -43,9 +44,49 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list:
     return [g for g in groups if g["params"]]
 
 
+BLOCK_INDEX = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+
+
+def layer_ids(model: torch.nn.Module) -> tuple[dict, int]:
+    """Parameter name -> layer id for layer-wise lr decay (as in BEiT / MAE fine-tuning), and the layer count.
+
+    Transformer block ``i`` (a name containing ``blocks.<i>.``) is layer ``i + 1``; parameters used before
+    the blocks (tokenizer, position embedding, cls token) are layer 0; everything after them (final norm,
+    head) is the last layer. A model without ``blocks.<i>.`` parameters has nothing to decay."""
+    names = [name for name, _ in model.named_parameters()]
+    blocks = {name: int(m.group(1)) + 1 for name in names if (m := BLOCK_INDEX.search(name))}
+    if not blocks:
+        raise ValueError(f"train.layer_decay: {type(model).__name__} has no 'blocks.<i>.' parameters to decay")
+    num_layers = max(blocks.values()) + 1
+    first_block = names.index(next(iter(blocks)))
+    last_block = max(names.index(name) for name in blocks)
+    ids = {}
+    for index, name in enumerate(names):
+        ids[name] = blocks.get(name, 0 if index < first_block else num_layers if index > last_block else None)
+        if ids[name] is None:
+            raise ValueError(f"train.layer_decay: cannot place {name!r} between the blocks of {type(model).__name__}")
+    return ids, num_layers
+
+
+def decayed_groups(model: torch.nn.Module, groups: list, decay: float) -> list:
+    """Split each group by layer; layer ``l`` of ``L`` gets ``lr_scale = decay ** (L - l)``."""
+    ids, num_layers = layer_ids(model)
+    layer_of = {id(param): ids[name] for name, param in model.named_parameters()}
+    out = []
+    for group in groups:
+        by_layer: dict = {}
+        for param in group["params"]:
+            by_layer.setdefault(layer_of[id(param)], []).append(param)
+        out += [{**group, "params": params, "lr_scale": decay ** (num_layers - layer)}
+                for layer, params in sorted(by_layer.items())]
+    return out
+
+
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
-    """AdamW over ``param_groups``; ``cfg`` is a TrainConfig (lr, weight_decay, betas)."""
+    """AdamW over ``param_groups`` (split per layer under ``cfg.layer_decay``); ``cfg`` is a TrainConfig."""
     groups = param_groups(model, cfg.weight_decay)
+    if getattr(cfg, "layer_decay", None) is not None and groups:
+        groups = decayed_groups(model, groups, cfg.layer_decay)
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))

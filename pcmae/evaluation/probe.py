@@ -15,6 +15,8 @@ import torch
 from sklearn.model_selection import train_test_split
 from sklearn.svm import LinearSVC
 
+from pcmae.engine.device import model_device, move_to_device
+
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
@@ -22,11 +24,12 @@ C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 def extract_features(model: torch.nn.Module, dataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Pooled frozen features (num_samples, 2C) and labels (num_samples,) of every item in ``dataset``."""
     model.eval()
+    device = model_device(model)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     feats, labels = [], []
     for batch in loader:
-        tokens = model.encode(batch["points"])  # (B, G, C)
-        feats.append(torch.cat([tokens.max(dim=1).values, tokens.mean(dim=1)], dim=-1).numpy())
+        tokens = model.encode(move_to_device(batch["points"], device)).float()  # (B, G, C)
+        feats.append(torch.cat([tokens.max(dim=1).values, tokens.mean(dim=1)], dim=-1).cpu().numpy())
         labels.append(batch["label"].reshape(-1).numpy())
     return np.concatenate(feats), np.concatenate(labels)
 
