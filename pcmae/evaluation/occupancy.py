@@ -1,80 +1,147 @@
-"""Reconstruction quality of a LiDAR masked autoencoder on sweeps it did not train on.
+"""Reconstruction quality of a LiDAR masked autoencoder on sweeps it did not train on, next to the trivial answers.
 
-For each sweep, the model hides voxels with its own masking rule and is asked about query voxels:
-the hidden occupied ones (label 1) and sampled empty ones (label 0). Scores:
-- occupancy precision / recall / F1 of ``prob > 0.5`` over the queries;
-- the same for the trivial baseline: a query is occupied when one of its 26 neighbours is visible;
-- Chamfer-L2 (m^2) between the predicted points of the hidden voxels and their real points, next to the
-  baseline of putting each hidden voxel's points at its center.
+For each sweep (cropped to the model's range), the model hides voxels with its own masking rule and is asked
+about query voxels: the hidden occupied ones (label 1) and sampled empty ones (label 0). Every predictor gives a
+score per query (``pcmae.evaluation.baselines``):
+  model          the predicted occupancy probability (occupied when > 0.5);
+  neighbour      share of the 26 neighbours that are visible (occupied when > 0);
+  range_prior    occupancy rate of the query's distance ring on the training sweeps (occupied when > 0.5);
+  all_occupied / none_occupied   constant 1 / 0.
+Scores pooled over all queries: precision / recall / F1 (thresholded), AUROC and average precision (a constant
+gets 0.5 and the occupied rate: only these two say whether a score ranks queries), and F1 per distance bin.
+Chamfer-L2 (m^2, the two directions summed) of each hidden-voxel point guess against the real hidden points: the
+model's rebuilt points (models with a point head), one point at each voxel center, and the neighbour copy.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
+from pcmae.engine.device import model_device, move_to_device
+from pcmae.evaluation.baselines import (RangePrior, neighbour_copy_points, neighbour_fraction, ring_distance,
+                                        voxel_point_offsets)
+from pcmae.evaluation.metrics import precision_recall_f1, score_metrics
 from pcmae.ops import chamfer_distance
-from pcmae.pretrainers.voxel_targets import neighbour_mean
 
-
-def precision_recall_f1(pred: torch.Tensor, labels: torch.Tensor) -> dict:
-    """pred, labels: (Q,) bool / {0, 1}."""
-    pred, labels = pred.bool(), labels.bool()
-    tp = (pred & labels).sum().item()
-    precision = tp / max(pred.sum().item(), 1)
-    recall = tp / max(labels.sum().item(), 1)
-    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
-    return {"precision": precision, "recall": recall, "f1": f1}
+RANGE_BINS = (0.0, 10.0, 20.0, 30.0, 40.0, math.inf)  # metres, horizontal distance of the query voxel
+PRIOR_RING_M = 2.0
+PREDICTORS = ("model", "neighbour", "range_prior", "all_occupied", "none_occupied")
+__all__ = ["RANGE_BINS", "PREDICTORS", "evaluate_dataset", "evaluate_sweep", "fit_range_prior", "inside_range",
+           "neighbour_baseline", "precision_recall_f1"]
 
 
 def neighbour_baseline(query: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     """(Q, 4) query voxels -> (Q,) bool: True when any of the 26 neighbours is a visible voxel."""
-    ones = torch.ones(len(visible), 1, device=visible.device)
-    return neighbour_mean(query, visible, ones)[1] > 0
+    return neighbour_fraction(query, visible) > 0
+
+
+def inside_range(xyz: torch.Tensor, point_cloud_range) -> torch.Tensor:
+    """(N, 3) -> (N,) bool: inside [x_min, y_min, z_min, x_max, y_max, z_max) (the voxel grid's rule)."""
+    r = torch.as_tensor(point_cloud_range, dtype=xyz.dtype, device=xyz.device)
+    return ((xyz >= r[:3]) & (xyz < r[3:])).all(dim=1)
+
+
+def _sweeps(dataset, point_cloud_range, device):
+    """Each item of ``dataset`` cropped to the range: (packed batch on ``device``, share of its points kept)."""
+    for index in range(len(dataset)):
+        item = dict(dataset[index])
+        points = torch.as_tensor(item["points"])
+        keep = inside_range(points[:, :3], point_cloud_range)
+        if not keep.any():
+            raise ValueError(f"sweep {index} ({item.get('lidar_path', '?')}): none of its {len(points)} points is "
+                             f"inside the model's point_cloud_range {list(point_cloud_range)}")
+        item["points"] = points[keep]
+        batch = dataset.collate_fn([item])["points"]
+        yield move_to_device(batch, device), keep.float().mean().item()
+
+
+def _queries(model, points, seed: int) -> dict:
+    generator = torch.Generator(device=points.points.device).manual_seed(seed)
+    return model.predict_occupancy(points, generator=generator)
 
 
 @torch.no_grad()
-def evaluate_sweep(model, points, generator_seed: int = 0) -> dict:
-    """Scores for one packed batch of sweeps (see module docstring), the per-query predictions
-    (``pred``, ``baseline_pred``, ``labels``) for pooling over sweeps, and the raw outputs for pictures."""
-    torch.manual_seed(generator_seed)
+def fit_range_prior(model, dataset, point_cloud_range, seeds=(0,), ring_m: float = PRIOR_RING_M) -> RangePrior:
+    """The ``RangePrior`` of the queries the model draws (mask and empty voxels, seeded) on every sweep of
+    ``dataset`` (the training sweeps, without augmentation), rings of ``ring_m`` metres up to the range's corner."""
     model.eval()
-    out = model.predict_occupancy(points)
-    tokens, mask, labels = out["tokens"], out["mask"], out["labels"]
-    pred = out["prob"] > 0.5
-    baseline = neighbour_baseline(out["query_coords"], tokens.coords[~mask])
-    result = {"model": precision_recall_f1(pred, labels), "baseline": precision_recall_f1(baseline, labels),
-              "num_queries": len(labels), "num_hidden": int(labels.sum()),
-              "pred": pred, "baseline_pred": baseline, "labels": labels.bool()}
-    real = points.xyz[torch.isin(tokens.point_to_voxel, torch.nonzero(mask).squeeze(1))]
-    if model.loss_weights["chamfer"] > 0 and len(real):
+    distances, labels = [], []
+    for points, _ in _sweeps(dataset, point_cloud_range, model_device(model)):
+        for seed in seeds:
+            out = _queries(model, points, seed)
+            distances.append(ring_distance(out["query_centers"]).cpu())
+            labels.append(out["labels"].cpu())
+    lo, hi = point_cloud_range[:2], point_cloud_range[3:5]
+    corner = max(math.hypot(x, y) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]))
+    return RangePrior.fit(torch.cat(distances), torch.cat(labels), ring_m, corner)
+
+
+@torch.no_grad()
+def evaluate_sweep(model, points, seed: int = 0) -> dict:
+    """One packed batch of sweeps (on the model's device) under the mask of ``seed`` -> per-query tensors on the
+    CPU ("labels" bool, "prob", "neighbour", "distance"), "chamfer" {guess: m^2} and the raw "outputs"."""
+    model.eval()
+    out = _queries(model, points, seed)
+    tokens, mask = out["tokens"], out["mask"]
+    visible_coords = tokens.coords[~mask]
+    result = {"labels": out["labels"].bool().cpu(), "prob": out["prob"].float().cpu(),
+              "neighbour": neighbour_fraction(out["query_coords"], visible_coords).cpu(),
+              "distance": ring_distance(out["query_centers"]).cpu(), "chamfer": {}, "outputs": out}
+    hidden_ids = torch.nonzero(mask).squeeze(1)
+    real = points.xyz[torch.isin(tokens.point_to_voxel, hidden_ids)]
+    if len(real) and len(hidden_ids):
         centers = tokens.centers[mask]
-        result["chamfer_model"] = chamfer_distance(out["points"].reshape(1, -1, 3), real[None]).item()
-        result["chamfer_centers"] = chamfer_distance(centers[None], real[None]).item()
-    result["outputs"] = out
+        offsets = voxel_point_offsets(points.xyz, tokens.point_to_voxel, tokens.centers)[~mask]
+        guesses = {"centers": centers,
+                   "neighbour_copy": neighbour_copy_points(tokens.coords[mask], centers, visible_coords, offsets)}
+        if "points" in out:
+            guesses["model"] = out["points"].reshape(-1, 3)
+        for name, guess in guesses.items():
+            result["chamfer"][name] = chamfer_distance(guess[None].float(), real[None].float()).item()
     return result
 
 
-def evaluate_dataset(model, dataset, seeds=(0, 1, 2)) -> dict:
-    """Every sweep of ``dataset`` (one at a time) under each seed's mask: precision / recall / F1 pooled over all
-    queries (micro average) for the model and the neighbour baseline, and mean Chamfer-L2 (m^2) of the rebuilt
-    points next to the voxel-center baseline when the model predicts points."""
-    preds, baselines, labels, chamfer, chamfer_centers = [], [], [], [], []
-    device = next(model.parameters()).device
-    for index in range(len(dataset)):
-        points = dataset.collate_fn([dataset[index]])["points"].to(device)
+def _by_range(pred, labels, distance, bins) -> list:
+    rows = []
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        sel = (distance >= lo) & (distance < hi)
+        row = {"range_m": [lo, hi], "num_queries": int(sel.sum()),
+               "occupied_rate": labels[sel].float().mean().item() if sel.any() else float("nan")}
+        row["f1"] = precision_recall_f1(pred[sel], labels[sel])["f1"] if sel.any() else float("nan")
+        rows.append(row)
+    return rows
+
+
+def evaluate_dataset(model, dataset, point_cloud_range, prior: RangePrior, seeds=(0, 1, 2),
+                     range_bins=RANGE_BINS) -> dict:
+    """Every sweep of ``dataset`` (uncropped items; one at a time, cropped to ``point_cloud_range``) under each
+    seed's mask: the metrics of every predictor in ``PREDICTORS`` pooled over all queries (micro average) and per
+    distance bin, the mean Chamfer-L2 of each point guess, and the share of each sweep inside the range."""
+    keys = ("labels", "prob", "neighbour", "distance")
+    pooled, chamfer, inside = {k: [] for k in keys}, {}, []
+    for points, share in _sweeps(dataset, point_cloud_range, model_device(model)):
+        inside.append(share)
         for seed in seeds:
-            r = evaluate_sweep(model, points, generator_seed=seed)
-            preds.append(r["pred"].cpu())
-            baselines.append(r["baseline_pred"].cpu())
-            labels.append(r["labels"].cpu())
-            if "chamfer_model" in r:
-                chamfer.append(r["chamfer_model"])
-                chamfer_centers.append(r["chamfer_centers"])
-    labels_all = torch.cat(labels)
-    result = {"model": precision_recall_f1(torch.cat(preds), labels_all),
-              "baseline": precision_recall_f1(torch.cat(baselines), labels_all),
-              "num_sweeps": len(dataset), "seeds": list(seeds), "num_queries": len(labels_all),
-              "num_hidden": int(labels_all.sum())}
-    if chamfer:
-        result["chamfer_model"] = sum(chamfer) / len(chamfer)
-        result["chamfer_centers"] = sum(chamfer_centers) / len(chamfer_centers)
+            r = evaluate_sweep(model, points, seed)
+            for k in keys:
+                pooled[k].append(r[k])
+            for name, value in r["chamfer"].items():
+                chamfer.setdefault(name, []).append(value)
+    labels, prob, neighbour, distance = (torch.cat(pooled[k]) for k in keys)
+    prior_score = prior(distance).float()
+    scores = {"model": (prob, prob > 0.5), "neighbour": (neighbour, neighbour > 0),
+              "range_prior": (prior_score, prior_score > 0.5),
+              "all_occupied": (torch.ones_like(prob), torch.ones_like(labels)),
+              "none_occupied": (torch.zeros_like(prob), torch.zeros_like(labels))}
+    predictors = {}
+    for name, (score, pred) in scores.items():
+        predictors[name] = {**score_metrics(score, pred, labels),
+                            "by_range": _by_range(pred, labels, distance, list(range_bins))}
+    result = {"num_sweeps": len(inside), "seeds": list(seeds), "num_queries": len(labels),
+              "num_hidden": int(labels.sum()), "occupied_rate": labels.float().mean().item(),
+              "predictors": predictors, "inside_range": {"per_sweep": inside, "mean": sum(inside) / len(inside)},
+              "chamfer": {name: sum(v) / len(v) for name, v in chamfer.items()}, "range_prior": prior.to_dict(),
+              # the thresholded scores under their earlier names, for existing readers
+              "model": predictors["model"], "baseline": predictors["neighbour"]}
     return result
