@@ -3,14 +3,14 @@
 #   python -m data_converters.nuscenes --root data/nuscenes --out data/nuscenes_pcmae --version v1.0-trainval --split train
 #   python -m data_converters.nuscenes --root data/nuscenes --out data/nuscenes_pcmae --version v1.0-trainval --split val
 #   python tools/pretrain.py configs/voxel_mae/nuscenes_sparse_conv.yaml
-#   python tools/finetune_det.py configs/mmdet3d/centerpoint_nus.py --pretrained work_dirs/nuscenes_sparse_conv/checkpoint_last.pth
+#   python tools/finetune_det.py configs/mmdet3d/centerpoint_nus.py --pretrained work_dirs/voxel_mae/nuscenes_sparse_conv/checkpoint_last.pth
 # Differences from mmdet3d's config: the converter's info files (points/ and sweeps/ of data/nuscenes_pcmae; the
 # NuScenesMetric still reads the raw tables under data/nuscenes), and no ObjectSample in the train pipeline: the
 # converter writes no GT-sampling database (nuscenes_dbinfos_train.pkl).
 custom_imports = dict(imports=['pcmae.integrations.mmdet3d'], allow_failed_imports=False)
 _base_ = ['mmdet3d::centerpoint/centerpoint_voxel01_second_secfpn_8xb4-cyclic-20e_nus-3d.py']
 
-pretrained = 'work_dirs/nuscenes_sparse_conv/checkpoint_last.pth'  # a pcmae checkpoint or an exported file
+pretrained = 'work_dirs/voxel_mae/nuscenes_sparse_conv/checkpoint_last.pth'  # a pcmae checkpoint or an exported file
 data_root = 'data/nuscenes_pcmae/'
 nuscenes_root = 'data/nuscenes/'  # raw tables, for NuScenesMetric's devkit evaluation
 data_prefix = dict(pts='points', img='', sweeps='sweeps')

@@ -5,12 +5,12 @@
 # pillars: grid_size 512 x 512 / out_size_factor 4 = 128, the BEV size. Both encoders start from Voxel-MAE
 # pre-training with the same pillars and sizes (configs/voxel_mae/nuscenes_transformer_det.yaml):
 #   python tools/pretrain.py configs/voxel_mae/nuscenes_transformer_det.yaml
-#   python tools/finetune_det.py configs/mmdet3d/centerpoint_nus_transformer.py --pretrained work_dirs/nuscenes_transformer_det/checkpoint_last.pth
+#   python tools/finetune_det.py configs/mmdet3d/centerpoint_nus_transformer.py --pretrained work_dirs/voxel_mae/nuscenes_transformer_det/checkpoint_last.pth
 # Data as centerpoint_nus.py (converter output, 10 sweeps, no ObjectSample).
 custom_imports = dict(imports=['pcmae.integrations.mmdet3d'], allow_failed_imports=False)
 _base_ = ['./centerpoint_nus.py']
 
-pretrained = 'work_dirs/nuscenes_transformer_det/checkpoint_last.pth'  # a pcmae checkpoint or an exported file
+pretrained = 'work_dirs/voxel_mae/nuscenes_transformer_det/checkpoint_last.pth'  # a pcmae checkpoint or an exported file
 voxel_size = [0.2, 0.2, 8.0]
 point_cloud_range = [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0]
 embed_dim = 128

@@ -2,8 +2,8 @@
 # KittiMetric: a check that conversion, pre-training, weight loading, training and KITTI evaluation fit together
 # on real data, not a benchmark (5 frames, the metric is measured on the frames trained on).
 #   python -m data_converters.kitti --root ../shared/data/openpcdet/data/kitti --out work_dirs/kitti_shared_pcmae
-#   python tools/pretrain.py configs/radial_mae/kitti_shared_second.yaml        # -> work_dirs/kitti_shared_second/
-#   python tools/finetune_det.py configs/mmdet3d/second_kitti_shared.py --pretrained work_dirs/kitti_shared_second/checkpoint_last.pth
+#   python tools/pretrain.py configs/radial_mae/kitti_shared_second.yaml        # -> work_dirs/radial_mae/kitti_shared_second/
+#   python tools/finetune_det.py configs/mmdet3d/second_kitti_shared.py --pretrained work_dirs/radial_mae/kitti_shared_second/checkpoint_last.pth
 # One CPU process, batch 1, 40 epochs of 5 frames, KittiMetric every 10 epochs. Schedule: AdamW at lr 1e-3 after a
 # 25-iteration warm-up, cosine to 1e-5 (mmdet3d's cyclic schedule peaks at lr 0.018, set for a batch of 48: at
 # batch 1 it collapsed both runs to background, loss flat at 2.9 and AP 0 from iteration 40 on). On 5
@@ -12,7 +12,7 @@
 custom_imports = dict(imports=['pcmae.integrations.mmdet3d'], allow_failed_imports=False)
 _base_ = ['./second_kitti.py']
 
-pretrained = 'work_dirs/kitti_shared_second/checkpoint_last.pth'  # a pcmae checkpoint or an exported file
+pretrained = 'work_dirs/radial_mae/kitti_shared_second/checkpoint_last.pth'  # a pcmae checkpoint or an exported file
 data_root = 'work_dirs/kitti_shared_pcmae/'
 ann_file = 'kitti_infos_training.pkl'
 

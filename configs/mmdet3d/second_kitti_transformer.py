@@ -4,12 +4,12 @@
 # encoder gives), then mmdet3d's 2D SECOND + SECFPN + Anchor3DHead. Both encoders start from Voxel-MAE
 # pre-training with the same pillars and sizes (configs/voxel_mae/kitti_transformer_det.yaml):
 #   python tools/pretrain.py configs/voxel_mae/kitti_transformer_det.yaml
-#   python tools/finetune_det.py configs/mmdet3d/second_kitti_transformer.py --pretrained work_dirs/kitti_transformer_det/checkpoint_last.pth
+#   python tools/finetune_det.py configs/mmdet3d/second_kitti_transformer.py --pretrained work_dirs/voxel_mae/kitti_transformer_det/checkpoint_last.pth
 # Data as second_kitti.py (converter output, no ObjectSample).
 custom_imports = dict(imports=['pcmae.integrations.mmdet3d'], allow_failed_imports=False)
 _base_ = ['./second_kitti.py']
 
-pretrained = 'work_dirs/kitti_transformer_det/checkpoint_last.pth'  # a pcmae checkpoint or an exported file
+pretrained = 'work_dirs/voxel_mae/kitti_transformer_det/checkpoint_last.pth'  # a pcmae checkpoint or an exported file
 voxel_size = [0.2, 0.2, 4.0]
 point_cloud_range = [0, -40, -3, 70.4, 40, 1]
 embed_dim = 128

@@ -5,14 +5,14 @@
 #   python -m data_converters.waymo --root data/waymo/waymo_format/training --out data/waymo_pcmae --split training
 #   python -m data_converters.waymo --root data/waymo/waymo_format/validation --out data/waymo_pcmae --split validation
 #   python tools/pretrain.py configs/voxel_mae/waymo_second.yaml
-#   python tools/finetune_det.py configs/mmdet3d/second_waymo.py --pretrained work_dirs/waymo_second/checkpoint_last.pth
+#   python tools/finetune_det.py configs/mmdet3d/second_waymo.py --pretrained work_dirs/voxel_mae/waymo_second/checkpoint_last.pth
 # Our Waymo sweeps have 6 columns (x, y, z, intensity, elongation, no-label-zone flag), as mmdet3d's kitti_format
 # velodyne files: load_dim 6, use_dim 5 unchanged. WaymoMetric needs Waymo's compute_detection_metrics_main and
 # the ground-truth gt.bin of the validation split (mmdet3d's Waymo data preparation).
 custom_imports = dict(imports=['pcmae.integrations.mmdet3d'], allow_failed_imports=False)
 _base_ = ['mmdet3d::second/second_hv_secfpn_sbn-all_16xb2-2x_waymoD5-3d-3class.py']
 
-pretrained = 'work_dirs/waymo_second/checkpoint_last.pth'  # a pcmae checkpoint or an exported file
+pretrained = 'work_dirs/voxel_mae/waymo_second/checkpoint_last.pth'  # a pcmae checkpoint or an exported file
 data_root = 'data/waymo_pcmae/'
 data_prefix = dict(pts='points')
 

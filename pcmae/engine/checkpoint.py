@@ -11,6 +11,7 @@ byte inside a tensor would otherwise load as a silently wrong weight or optimize
 from __future__ import annotations
 
 import os
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -43,7 +44,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated file, foreign pickle, not a torch file at all
-        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: {err})") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err):
+            reason = "it holds Python objects beyond tensors and containers, which pcmae never unpickles"
+        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: {reason})") from None
     if not isinstance(state, dict) or FORMAT_KEY not in state:
         found = sorted(map(str, state))[:6] if isinstance(state, dict) else type(state).__name__
         hint = " (a Point-MAE release? convert it with tools/convert_checkpoint.py)" if (
