@@ -135,9 +135,9 @@ def run_conversion(*, dataset: str, split: str, tasks: Sequence[FrameTask],
     on_error="stop": the first failure raises ConversionError (finished frames stay, no info file is written);
     "skip": failures are listed in the summary and in metainfo["failed"]; when no frame is left, ConversionError
     (no info file). progress: tqdm bar (None: on a terminal). min_points: fewer points in a sweep is a failure.
-    settings: options that shape the output; a run whose settings (and columns) differ from those recorded in
-    ``OUT/<dataset>_settings.json`` raises ConversionError, unless ``overwrite`` (then its frames are converted
-    again).
+    settings: options that shape the output; when frames of this run's tasks are already converted, settings (and
+    columns) that differ from those recorded in ``OUT/<dataset>_settings.json`` raise ConversionError, unless
+    ``overwrite`` (then the frames are converted again).
     """
     if on_error not in ("skip", "stop"):
         raise ValueError(f"on_error must be 'skip' or 'stop', got {on_error!r}")
@@ -153,7 +153,8 @@ def run_conversion(*, dataset: str, split: str, tasks: Sequence[FrameTask],
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(out_dir)
     recorded = {"point_columns": list(columns), **_jsonable(settings or {})}
-    check_settings(out_dir, dataset, recorded, overwrite)
+    if any(_frame_file(out_dir, t.key).exists() for t in tasks):  # frames of an earlier run are there
+        check_settings(out_dir, dataset, recorded, overwrite)
     if overwrite:
         remove_frames(out_dir, tasks)
     atomic_write(_settings_file(out_dir, dataset), lambda f: f.write(json.dumps(recorded, indent=1).encode()))
@@ -417,7 +418,11 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed worker can linger as a zombie (no init reaping it): it writes nothing any more
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _progress(results, total: int, show: bool, name: str):

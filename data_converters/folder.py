@@ -1,12 +1,23 @@
 """A folder of point-cloud files (one recording) -> info file + float32 sweeps.
 
     python -m data_converters.folder --root DIR --out OUT [--layout kitti|nuscenes|waymo|xyz]
-        [--columns intensity ...] [--poses POSES.txt] [--scene NAME]
+        [--columns intensity ...] [--poses POSES.txt] [--scene NAME] [--origin header|X,Y,Z] [--overwrite]
 
 Files ``.pcd .ply .las .laz .bin .npy`` are read with ``pcmae.io.load_points`` in name order as frames 0, 1, ...
 of one scene (NaN/inf points dropped). ``.bin`` files need ``--layout`` (their size cannot tell the columns).
 Output columns: x, y, z plus ``--columns`` (fields of named formats, or column names of the layout); without
-``--columns``: all layout columns when a layout is given, else x, y, z.
+``--columns``: all layout columns when a layout is given, else x, y, z. A frame's key is
+``folder_<scene>_<file stem>`` (``<stem>_<ext>`` when two files share a stem), its points ``points/<key>.bin``.
+
+LAS/LAZ survey coordinates (~1e5-1e7 m) do not fit float32: without ``--origin`` a file whose cast would move a
+point by more than 1 mm is refused. ``--origin header`` subtracts each file's header offset, ``--origin X,Y,Z``
+a given point, in float64 before the cast; the origin is recorded per frame (``lidar_points.origin``) and in
+``ego2global`` (pose @ translation(origin)), so ``lidar2global`` still maps the points to survey coordinates.
+The origin applies to .las/.laz files only.
+
+The settings (layout, columns, pose file and its content, scene, origin) are recorded in
+``OUT/folder_settings.json``; a re-run into the same ``--out`` with other settings is refused (``--overwrite``
+converts every frame again), so the info file always matches the points files.
 
 ``--poses``: one line per frame (in file-name order; blank lines and ``#`` comments skipped), either
   * TUM: ``timestamp tx ty tz qx qy qz qw`` (8 numbers; sensor -> world, Hamilton quaternion, scalar last);
@@ -18,18 +29,22 @@ identity (the poses are the sensor's). Without poses both are identity and times
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from data_converters.common import ConversionError, FrameResult, FrameTask, add_common_arguments, run_from_args
-from pcmae.io import BIN_LAYOUTS, load_points
+from pcmae.io import BIN_LAYOUTS, PointCloudFormatError, load_points
+from pcmae.io.las import resolve_origin
 
 EXTENSIONS = (".pcd", ".ply", ".las", ".laz", ".bin", ".npy")
 ARRAY_EXTENSIONS = (".bin", ".npy")
+LAS_EXTENSIONS = (".las", ".laz")
 
 
 def quaternion_matrix(qx: float, qy: float, qz: float, qw: float) -> np.ndarray:
@@ -102,35 +117,77 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text).lstrip(".") or "frame"
 
 
+def frame_names(files: Sequence[Path]) -> List[str]:
+    """Key part of each file: its stem, or ``<stem>_<ext>`` when several files share the stem."""
+    stems = Counter(path.stem for path in files)
+    return [safe_name(path.stem if stems[path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.')}")
+            for path in files]
+
+
+def parse_origin(text: Optional[str]):
+    """``--origin`` value -> None, "header" or an (x, y, z) tuple of floats."""
+    if text is None or text == "header":
+        return text
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(np.isfinite(values)):
+        raise ConversionError(f"--origin {text!r}: expected 'header' or three finite numbers X,Y,Z")
+    return values
+
+
 def build_tasks(root: Path, layout: Optional[str], columns: Sequence[str], poses_file: Optional[Path],
-                scene: str) -> Tuple[List[FrameTask], Tuple[str, ...]]:
+                scene: str, origin=None) -> Tuple[List[FrameTask], Tuple[str, ...]]:
     files = list_files(root)
     names = output_columns(files, layout, columns)
     poses = read_poses(poses_file) if poses_file else [(0.0, np.eye(4))] * len(files)
     if len(poses) != len(files):
         raise ConversionError(f"{poses_file}: {len(poses)} poses for {len(files)} point-cloud files in {root}")
-    tasks = [FrameTask(key=f"folder_{safe_name(scene)}_{safe_name(path.name)}", source=str(path), index=i,
+    tasks = [FrameTask(key=f"folder_{safe_name(scene)}_{name}", source=str(path), index=i,
                        payload={"layout": layout, "fields": list(names[3:]), "explicit": bool(columns),
                                 "num_columns": len(names), "scene": scene, "timestamp": stamp,
-                                "pose": pose.tolist()})
-             for i, (path, (stamp, pose)) in enumerate(zip(files, poses))]
+                                "pose": pose.tolist(), "origin": origin})
+             for i, (path, name, (stamp, pose)) in enumerate(zip(files, frame_names(files), poses))]
     return tasks, names
+
+
+def settings(layout: Optional[str], columns: Sequence[str], poses_file: Optional[Path], scene: str,
+             origin) -> dict:
+    """What shapes the output (compared with the first run's by run_conversion)."""
+    digest = hashlib.sha256(poses_file.read_bytes()).hexdigest() if poses_file else None
+    return {"layout": layout, "columns": list(columns), "poses": str(poses_file) if poses_file else None,
+            "poses_sha256": digest, "scene": scene, "origin": origin}
 
 
 def convert_one(task: FrameTask) -> FrameResult:
     p = task.payload
     path = Path(task.source)
-    if path.suffix.lower() in ARRAY_EXTENSIONS:
+    suffix = path.suffix.lower()
+    origin = np.zeros(3)
+    if suffix in ARRAY_EXTENSIONS:
         fields = p["fields"] if p["explicit"] else None
         points = load_points(path, layout=p["layout"], fields=fields, drop_nonfinite=True)
+    elif suffix in LAS_EXTENSIONS:
+        try:
+            if p.get("origin") is not None:
+                origin = resolve_origin(p["origin"], path)
+            points = load_points(path, fields=p["fields"], drop_nonfinite=True,
+                                 origin=None if p.get("origin") is None else tuple(origin.tolist()))
+        except PointCloudFormatError as err:
+            hint = " (folder converter: --origin header or --origin X,Y,Z)" if "origin" in str(err) else ""
+            raise ConversionError(f"{err}{hint}") from None
     else:
         points = load_points(path, fields=p["fields"], drop_nonfinite=True)
     if points.shape[1] != p["num_columns"]:
         raise ConversionError(f"{path}: {points.shape[1]} columns, the other files give {p['num_columns']}")
     identity = np.eye(4).tolist()
+    shift = np.eye(4)
+    shift[:3, 3] = origin
+    ego2global = (np.asarray(p["pose"], np.float64) @ shift).tolist()
     info = {"sample_idx": task.index, "token": path.name, "timestamp": float(p["timestamp"]),
-            "ego2global": p["pose"], "lidar_points": {"lidar2ego": identity}, "instances": [],
-            "scene": p["scene"], "frame_index": task.index, "lidar2global": p["pose"]}
+            "ego2global": ego2global, "lidar_points": {"lidar2ego": identity, "origin": origin.tolist()},
+            "instances": [], "scene": p["scene"], "frame_index": task.index, "lidar2global": ego2global}
     return FrameResult(points=points, info=info)
 
 
@@ -141,15 +198,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--columns", nargs="+", default=[], help="feature columns to keep after x, y, z")
     parser.add_argument("--poses", type=Path, help="TUM (8 numbers) or KITTI odometry (12 numbers) pose file")
     parser.add_argument("--scene", help="scene name (default: the folder's name)")
+    parser.add_argument("--origin", help="LAS/LAZ local origin: 'header' (each file's header offset) or X,Y,Z, "
+                                         "subtracted in float64 before the float32 cast")
     args = parser.parse_args(argv)
     scene = args.scene or args.root.resolve().name
     try:
-        tasks, columns = build_tasks(args.root, args.layout, args.columns, args.poses, scene)
-    except (ConversionError, OSError) as err:
+        origin = parse_origin(args.origin)
+        tasks, columns = build_tasks(args.root, args.layout, args.columns, args.poses, scene, origin)
+        options = settings(args.layout, args.columns, args.poses, scene, origin)
+    except (ConversionError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    metainfo = {"scene": scene, "pose_file": str(args.poses or ""), "origin": origin}
     return run_from_args(args, dataset="folder", split=args.split or "all", tasks=tasks, convert_one=convert_one,
-                         columns=columns, metainfo={"scene": scene, "pose_file": str(args.poses or "")})
+                         columns=columns, metainfo=metainfo, settings=options)
 
 
 if __name__ == "__main__":

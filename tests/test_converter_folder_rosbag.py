@@ -68,28 +68,110 @@ def test_folder_of_bins_with_tum_poses(kitti_velodyne, tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "points").iterdir()} == written
 
 
-def test_folder_of_named_formats(tmp_path):
+def test_folder_of_named_formats(tmp_path, capsys):
     files = [shared_data_path("pcl", "test", "lamppost.pcd"),             # ascii PCD
              shared_data_path("pcl", "test", "milk.pcd"),                 # binary_compressed PCD
              shared_data_path("laspy", "tests", "data", "simple.las"),
              shared_data_path("open3d", "examples", "test_data", "bathtub_0154.ply")]
     root = link(files, tmp_path / "mixed")
     out = tmp_path / "out"
-    assert folder.main(["--root", str(root), "--out", str(out), "--scene", "mixed scans"]) == 0
+    # the LAS survey coordinates (~8.5e5 m) lose 3 cm in float32: refused without an origin, one line
+    assert folder.main(["--root", str(root), "--out", str(out), "--scene", "mixed scans"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {root / 'simple.las'} (record 3): ") and "lose 0.03 m in float32" in line
+    assert line.endswith("(folder converter: --origin header or --origin X,Y,Z)")
+    assert not (out / "folder_infos_all.pkl").exists()
+    origin = (635619.0, 848899.0, 406.0)
+    args = ["--root", str(root), "--out", str(out), "--scene", "mixed scans", "--origin", ",".join(map(str, origin))]
+    assert folder.main(args) == 1  # frames 0-2 were converted without an origin: another setting
+    assert "(origin None -> [635619.0, 848899.0, 406.0]); pass --overwrite" in capsys.readouterr().err
+    assert folder.main(args + ["--overwrite"]) == 0
     info = load_pickle(out / "folder_infos_all.pkl")
-    assert info["metainfo"]["point_columns"] == ["x", "y", "z"]
+    assert info["metainfo"]["point_columns"] == ["x", "y", "z"] and info["metainfo"]["origin"] == origin
     keys = [Path(e["lidar_points"]["lidar_path"]).stem for e in info["data_list"]]
-    assert keys == ["folder_mixed_scans_bathtub_0154.ply", "folder_mixed_scans_lamppost.pcd",
-                    "folder_mixed_scans_milk.pcd", "folder_mixed_scans_simple.las"]
+    assert keys == ["folder_mixed_scans_bathtub_0154", "folder_mixed_scans_lamppost", "folder_mixed_scans_milk",
+                    "folder_mixed_scans_simple"]  # no more name.pcd.bin
     # the ASCII PCD, parsed here independently: the numbers after the DATA line
     lines = files[0].read_text().splitlines()
     expected = np.loadtxt(lines[next(i for i, l in enumerate(lines) if l.startswith("DATA")) + 1:], dtype=np.float32)
-    got = np.fromfile(out / "points" / "folder_mixed_scans_lamppost.pcd.bin", "<f4").reshape(-1, 3)
+    got = np.fromfile(out / "points" / "folder_mixed_scans_lamppost.bin", "<f4").reshape(-1, 3)
     np.testing.assert_array_equal(got, expected)
-    for path in files[1:]:
-        got = np.fromfile(out / "points" / f"folder_mixed_scans_{path.name}.bin", "<f4").reshape(-1, 3)
+    for path in (files[1], files[3]):
+        got = np.fromfile(out / "points" / f"folder_mixed_scans_{path.stem}.bin", "<f4").reshape(-1, 3)
         np.testing.assert_array_equal(got, load_points(path, drop_nonfinite=True))
-    assert len(np.fromfile(out / "points" / "folder_mixed_scans_simple.las.bin", "<f4")) == 1065 * 3
+    # LAS: laspy's float64 coordinates, independently; the stored float32 points + origin are within 1 mm
+    import laspy
+
+    survey = np.asarray(laspy.read(files[2]).xyz, np.float64)
+    local = np.fromfile(out / "points" / "folder_mixed_scans_simple.bin", "<f4").reshape(-1, 3)
+    assert local.shape == (1065, 3)
+    entry = info["data_list"][3]
+    assert entry["lidar_points"]["origin"] == list(origin)
+    world = local.astype(np.float64) @ np.asarray(entry["lidar2global"])[:3, :3].T + np.asarray(
+        entry["lidar2global"])[:3, 3]
+    assert np.abs(world - survey).max() < 1e-3
+    assert np.abs(survey.astype(np.float32).astype(np.float64) - survey).max() > 0.01  # what a plain cast loses
+    assert info["data_list"][0]["lidar_points"]["origin"] == [0.0, 0.0, 0.0]  # the origin is for LAS/LAZ only
+
+
+def test_folder_origin_header_and_bad_origin(tmp_path, capsys):
+    las = shared_data_path("laspy", "tests", "data", "1_4_w_evlr.las")  # header offset (1692500.352, 1817499.596, ...)
+    from pcmae.io import las_header_offset
+
+    root = link([las], tmp_path / "survey")
+    out = tmp_path / "out"
+    offset = las_header_offset(las)
+    assert folder.main(["--root", str(root), "--out", str(out)]) == 1  # a plain float32 cast is lossy here
+    assert "--origin header" in capsys.readouterr().err
+    assert folder.main(["--root", str(root), "--out", str(out), "--origin", "header"]) == 0
+    entry = load_pickle(out / "folder_infos_all.pkl")["data_list"][0]
+    assert entry["lidar_points"]["origin"] == list(offset)
+    np.testing.assert_allclose(np.asarray(entry["ego2global"])[:3, 3], offset)
+    stored = np.fromfile(out / "points" / entry["lidar_points"]["lidar_path"], "<f4").reshape(-1, 3)
+    import laspy
+
+    survey = np.asarray(laspy.read(las).xyz, np.float64)
+    assert np.abs(stored.astype(np.float64) + offset - survey).max() < 1e-3
+    capsys.readouterr()
+    assert folder.main(["--root", str(root), "--out", str(tmp_path / "o2"), "--origin", "1,2"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --origin '1,2': expected 'header' or three finite numbers X,Y,Z"
+
+
+def test_folder_rerun_with_another_layout_is_refused(kitti_velodyne, tmp_path, capsys):
+    """The same 3000 float32 values are 750 x 4 (kitti) or 1000 x 3 (xyz): a second run with another --layout must
+    not rewrite the info file over the first run's points files."""
+    from pcmae.data import LidarSweeps
+
+    root = tmp_path / "drive"
+    root.mkdir()
+    velodyne = np.fromfile(kitti_velodyne / "000000.bin", "<f4").reshape(-1, 4)
+    for i in range(2):
+        velodyne[i * 750:(i + 1) * 750].tofile(root / f"{i:06d}.bin")  # 3000 values each
+    out = tmp_path / "out"
+    assert folder.main(["--root", str(root), "--out", str(out), "--layout", "kitti"]) == 0
+    first = (out / "folder_infos_all.pkl").read_bytes()
+    assert sorted(p.name for p in (out / "points").iterdir()) == ["folder_drive_000000.bin", "folder_drive_000001.bin"]
+    capsys.readouterr()
+    assert folder.main(["--root", str(root), "--out", str(out), "--layout", "xyz"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (f"error: {out} holds a folder conversion with other settings (layout 'kitti' -> 'xyz'; "
+                    f"point_columns ['x', 'y', 'z', 'intensity'] -> ['x', 'y', 'z']); pass --overwrite to convert "
+                    f"every frame again, or choose another --out")
+    assert (out / "folder_infos_all.pkl").read_bytes() == first
+    assert len(LidarSweeps(info_file=str(out / "folder_infos_all.pkl"), data_prefix={"pts": "points"})[0]["points"]) \
+        == 750
+    assert folder.main(["--root", str(root), "--out", str(out), "--layout", "xyz", "--overwrite"]) == 0
+    dataset = LidarSweeps(info_file=str(out / "folder_infos_all.pkl"), data_prefix={"pts": "points"})
+    np.testing.assert_array_equal(dataset[1]["points"].numpy(), velodyne[750:1500].reshape(-1, 3))
+    # an edited pose file is another setting too
+    poses = tmp_path / "poses.txt"
+    poses.write_text("1 0 0 0 0 1 0 0 0 0 1 0\n1 0 0 1 0 1 0 0 0 0 1 0\n")
+    args = ["--root", str(root), "--out", str(tmp_path / "posed"), "--layout", "kitti", "--poses", str(poses)]
+    assert folder.main(args) == 0
+    poses.write_text("1 0 0 0 0 1 0 0 0 0 1 0\n1 0 0 2 0 1 0 0 0 0 1 0\n")
+    capsys.readouterr()
+    assert folder.main(args) == 1
+    assert "poses_sha256" in capsys.readouterr().err
 
 
 def test_folder_columns_select_layout_fields(tmp_path):
