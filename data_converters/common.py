@@ -42,6 +42,7 @@ INFO_VERSION = "1.1"
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 TEMP_PATTERN = re.compile(r"^\..+\.tmp-(\d+)$")
 OUTPUT_FOLDERS = ("points", "sweeps", "frames")
+NAN_ALLOWED_KEYS = frozenset({"velocity"})  # unknown velocities are NaN in nuScenes / mmdet3d infos (mmdet3d zeroes them)
 
 
 class ConversionError(Exception):
@@ -318,10 +319,12 @@ def _check_points(points, columns: Sequence[str], min_points: int, what: str) ->
 
 
 def _check_finite_numbers(value, where: str) -> None:
-    """ConversionError naming the first NaN/inf number inside nested dicts / lists / arrays."""
+    """ConversionError naming the first NaN/inf number inside nested dicts / lists / arrays (values under the keys
+    ``NAN_ALLOWED_KEYS`` excepted)."""
     if isinstance(value, dict):
         for key, item in value.items():
-            _check_finite_numbers(item, f"{where}[{key!r}]")
+            if key not in NAN_ALLOWED_KEYS:
+                _check_finite_numbers(item, f"{where}[{key!r}]")
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             _check_finite_numbers(item, f"{where}[{index}]")
