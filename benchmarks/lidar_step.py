@@ -21,9 +21,10 @@ from benchmarks import shared_data_root
 KITTI_RANGE = (0.0, -40.0, -3.0, 70.4, 40.0, 1.0)
 SECOND_VOXEL = (0.05, 0.05, 0.1)
 MODELS = {
-    "transformer": dict(backbone="transformer", tokenizer="pointnet", embed_dim=128, depth=4, num_heads=4,
-                        patch_size=64, decoder_dim=128, decoder_depth=2, decoder_num_heads=4),
-    "sparse_conv": dict(backbone="sparse_conv", tokenizer="mean", decoder_dim=128),
+    "transformer": dict(tokenizer={"type": "pointnet", "embed_dim": 128},
+                        backbone={"type": "transformer", "embed_dim": 128, "depth": 4, "num_heads": 4,
+                                  "patch_size": 64, "decoder_dim": 128, "decoder_depth": 2, "decoder_num_heads": 4}),
+    "sparse_conv": dict(tokenizer={"type": "mean"}, backbone={"type": "sparse_conv", "decoder_dim": 128}),
 }
 
 

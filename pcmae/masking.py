@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from pcmae.registry import MASKINGS
+
 
 def num_masked(num_tokens: int, ratio: float) -> int:
     """Tokens hidden per sample: ``int(ratio * num_tokens)``, as Point-MAE counts them."""
@@ -115,3 +117,51 @@ def radial_mask(xyz: torch.Tensor, batch_idx: torch.Tensor, batch_size: int, rat
     _, azimuth = polar_coordinates(xyz, batch_idx, origins)
     sector = (azimuth / (2 * torch.pi) * num_sectors).long().clamp(max=num_sectors - 1)
     return hidden_sectors[batch_idx, sector], hidden_sectors
+
+
+# --- LiDAR masking rules as registry entries (``model.masking: {type: random | range_aware | radial, ...}``) -----
+#
+# Each rule is built once from its config and called on the voxel tokens of a batch:
+#   rule(centers (T, 3) metres, batch_idx (T,), batch_size, origins (B, 3) | None, generator) -> (T,) bool.
+
+
+@MASKINGS.register(name="random")
+class RandomTokenMasking:
+    """Voxel-MAE: hide ``int(ratio * n_b)`` uniformly chosen tokens of each sample."""
+
+    def __init__(self, ratio: float = 0.7):
+        num_masked(1, ratio)
+        self.ratio = ratio
+
+    def __call__(self, centers, batch_idx, batch_size, origins=None, generator=None) -> torch.Tensor:
+        return random_token_mask(batch_idx, self.ratio, generator)
+
+
+@MASKINGS.register(name="range_aware")
+class RangeAwareMasking:
+    """A ratio per horizontal-range bin around the sensor; ``range_bins`` are upper edges in metres."""
+
+    def __init__(self, range_bins=(20.0, 40.0, float("inf")), ratios=(0.5, 0.7, 0.9)):
+        if len(range_bins) != len(ratios):
+            raise ValueError(f"range_bins ({len(range_bins)}) and ratios ({len(ratios)}) differ in length")
+        for r in ratios:
+            num_masked(1, r)
+        self.range_bins, self.ratios = tuple(float(v) for v in range_bins), tuple(ratios)
+
+    def __call__(self, centers, batch_idx, batch_size, origins=None, generator=None) -> torch.Tensor:
+        return range_aware_mask(centers, batch_idx, self.range_bins, self.ratios, origins, generator)
+
+
+@MASKINGS.register(name="radial")
+class RadialMasking:
+    """R-MAE: hide ``int(ratio * S)`` whole angular sectors of ``sector_deg`` degrees per sample."""
+
+    def __init__(self, ratio: float = 0.8, sector_deg: float = 1.0):
+        num_masked(1, ratio)
+        num_sectors = int(round(360.0 / sector_deg))
+        if num_sectors < 2 or abs(num_sectors * sector_deg - 360.0) > 1e-6:
+            raise ValueError(f"sector_deg={sector_deg} must divide 360 into at least 2 sectors")
+        self.ratio, self.sector_deg = ratio, sector_deg
+
+    def __call__(self, centers, batch_idx, batch_size, origins=None, generator=None) -> torch.Tensor:
+        return radial_mask(centers, batch_idx, batch_size, self.ratio, self.sector_deg, origins, generator)[0]

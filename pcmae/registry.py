@@ -50,10 +50,19 @@ class Registry:
     def build(self, cfg: Mapping[str, Any], where: str = None, **extra) -> Any:
         """Build ``cfg['type']`` with the other keys as keyword arguments, checked against its signature."""
         where = where or self.kind
+        if not isinstance(cfg, Mapping):
+            raise ConfigError(f"'{where}' must be a mapping with 'type' (one of {', '.join(self.names())}), "
+                              f"got {cfg!r}")
         if "type" not in cfg:
-            raise ConfigError(f"{where}: missing key 'type' (one of {', '.join(self.names())})")
-        cls = self.get(cfg["type"])
+            raise ConfigError(f"{where}: missing key '{where}.type' (one of {', '.join(self.names())})")
+        try:
+            cls = self.get(cfg["type"])
+        except ConfigError as err:
+            raise ConfigError(f"{where}.type: {err}") from None
         kwargs = {k: v for k, v in cfg.items() if k != "type"}
+        for key in kwargs:
+            if key in extra:
+                raise ConfigError(f"'{where}.{key}' is set by the enclosing model, not in the config")
         check_kwargs(cls, kwargs, where)
         return cls(**kwargs, **extra)
 
@@ -86,3 +95,8 @@ def check_kwargs(fn: Callable, kwargs: Mapping[str, Any], where: str) -> None:
 
 MODELS = Registry("model")
 DATASETS = Registry("dataset")
+# parts of the LiDAR pre-training models, chosen by ``{type: ...}`` sub-configs (model.backbone, model.tokenizer,
+# model.masking); entries are registered where they are defined (pcmae.backbones, pcmae.tokenizers, pcmae.masking)
+BACKBONES = Registry("backbone")
+TOKENIZERS = Registry("tokenizer")
+MASKINGS = Registry("masking")

@@ -75,10 +75,11 @@ def save_pcmae(tmp_path, model_cfg: dict, seed: int = 0):
 
 KITTI_SECOND = dict(type="RadialMAE", point_channels=4, voxel_size=[0.05, 0.05, 0.1],
                     point_cloud_range=[0.0, -40.0, -3.0, 70.4, 40.0, 1.0], max_points_per_voxel=5,
-                    backbone="sparse_conv", tokenizer="mean", decoder_dim=32)
+                    tokenizer={"type": "mean"}, backbone={"type": "sparse_conv", "decoder_dim": 32})
 NUS_CENTERPOINT = dict(type="VoxelMAE", point_channels=5, voxel_size=[0.1, 0.1, 0.2],
                        point_cloud_range=[-51.2, -51.2, -5.0, 51.2, 51.2, 3.0], max_points_per_voxel=10,
-                       backbone="sparse_conv", tokenizer="mean", decoder_dim=32, sparse_encoder=CENTERPOINT_ENCODER,
+                       tokenizer={"type": "mean"},
+                       backbone={"type": "sparse_conv", "decoder_dim": 32, "sparse_encoder": CENTERPOINT_ENCODER},
                        loss_weights={"occupancy": 1.0, "num_points": 0.0, "chamfer": 0.0})
 
 
@@ -257,8 +258,9 @@ def test_export_refuses_a_grid_or_channel_mismatch_naming_the_key(tmp_path, body
 
 TRANSFORMER = dict(type="VoxelMAE", point_channels=4, voxel_size=[0.4, 0.4, 0.2],
                    point_cloud_range=[0.0, -40.0, -3.0, 70.4, 40.0, 1.0], max_points_per_voxel=32,
-                   backbone="transformer", tokenizer="pointnet", embed_dim=32, depth=2, num_heads=2, patch_size=32,
-                   decoder_dim=32, decoder_depth=1, decoder_num_heads=2, num_pred_points=4)
+                   tokenizer={"type": "pointnet", "embed_dim": 32},
+                   backbone={"type": "transformer", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 32,
+                             "decoder_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2}, num_pred_points=4)
 TRANSFORMER_DETECTOR = """
 voxel_size = [0.4, 0.4, 0.2]
 model = dict(

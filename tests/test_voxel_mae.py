@@ -23,8 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 needs_spconv = pytest.mark.skipif(not spconv_available(), reason=f"spconv missing: {INSTALL_HINT}")
 RANGE = (-40.0, -40.0, -3.0, 40.0, 40.0, 5.0)
 VOXEL = (0.4, 0.4, 0.2)  # grid z = 40: fits SECOND's sparse encoder
-SMALL = dict(point_channels=5, voxel_size=VOXEL, point_cloud_range=RANGE, embed_dim=32, depth=1, num_heads=2,
-             patch_size=32, decoder_dim=32, decoder_depth=1, decoder_num_heads=2, num_pred_points=4)
+SMALL = dict(point_channels=5, voxel_size=VOXEL, point_cloud_range=RANGE, num_pred_points=4,
+             tokenizer={"type": "pointnet", "embed_dim": 32},
+             backbone={"type": "transformer", "embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 32,
+                       "decoder_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2})
+SPARSE = {**SMALL, "tokenizer": {"type": "mean"}, "backbone": {"type": "sparse_conv", "decoder_dim": 32}}
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,7 @@ def test_sample_empty_voxels_limits_and_deduplicates():
 @pytest.mark.parametrize("backbone", ["transformer", pytest.param("sparse_conv", marks=needs_spconv)])
 def test_objectives_run_and_train_every_part(cls, backbone, sweeps):
     torch.manual_seed(0)
-    model = cls(**SMALL, backbone=backbone, tokenizer="mean" if backbone == "sparse_conv" else "pointnet")
+    model = cls(**(SPARSE if backbone == "sparse_conv" else SMALL))
     out = model(sweeps)
     expected = {"occupancy", "num_points", "chamfer"} if cls is VoxelMAE else {"occupancy"}
     assert expected | {"loss", "occupancy_acc"} == set(out)
@@ -122,8 +125,56 @@ def test_objectives_run_and_train_every_part(cls, backbone, sweeps):
     encoder = model.backbone.encoder
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
     assert model.occupancy_head.weight.grad.abs().sum() > 0
-    if cls is RadialMAE:
-        assert model.points_head.weight.grad is None  # occupancy only
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    assert missing == []  # DDP (find_unused_parameters off) needs a gradient for every parameter
+    if cls is RadialMAE:  # occupancy only: the other heads are not built
+        assert model.points_head is None and model.num_points_head is None and not model.predicts_points
+
+
+@pytest.mark.parametrize("weights", [{"num_points": 0.0}, {"chamfer": 0.0}, {"num_points": 0.0, "chamfer": 0.0}])
+def test_heads_of_weight_zero_targets_are_not_built(weights, sweeps):
+    torch.manual_seed(0)
+    model = VoxelMAE(**SMALL, loss_weights=weights)
+    out = model(sweeps)
+    assert not set(weights) & set(out)
+    out["loss"].backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+    heads = {"num_points": "num_points_head", "chamfer": "points_head"}
+    for target, head in heads.items():
+        assert (getattr(model, head) is None) == (target in weights)
+    assert ("points" in model.predict_occupancy(sweeps["points"])) == ("chamfer" not in weights)
+
+
+def test_old_checkpoints_with_untrained_heads_still_load():
+    """Checkpoints written while R-MAE built (and never trained) the point heads load: those keys are dropped."""
+    old = VoxelMAE(**SMALL, loss_weights={"num_points": 1.0, "chamfer": 1.0}).state_dict()
+    model = RadialMAE(**SMALL)
+    model.load_state_dict(old)  # strict
+    torch.testing.assert_close(model.occupancy_head.weight, old["occupancy_head.weight"])
+    with pytest.raises(RuntimeError, match="occupancy_head.weight"):
+        model.load_state_dict({k: v for k, v in old.items() if not k.startswith("occupancy_head.")})
+
+
+def test_parts_are_registry_entries_chosen_by_type():
+    from pcmae.registry import BACKBONES, MASKINGS, TOKENIZERS
+
+    assert {"transformer", "sparse_conv"} <= set(BACKBONES.names())
+    assert {"pointnet", "mean"} <= set(TOKENIZERS.names())
+    assert {"random", "range_aware", "radial"} <= set(MASKINGS.names())
+    model = VoxelMAE(**{**SMALL, "tokenizer": {"type": "mean"}})
+    assert model.tokenizer.embed_dim == 5 and model.backbone.input_proj.in_features == 5
+    for key, cfg, message in [
+            ("backbone", {"type": "transfomer"}, r"model\.backbone\.type: unknown backbone type 'transfomer' "
+                                                 r"\(did you mean 'transformer'"),
+            ("tokenizer", {"type": "pointnt"}, r"model\.tokenizer\.type: unknown tokenizer type 'pointnt'"),
+            ("masking", {"type": "sectors"}, r"model\.masking\.type: unknown masking type 'sectors'"),
+            ("backbone", {"type": "transformer", "dpeth": 2}, r"unknown config key 'model\.backbone\.dpeth'"),
+            ("tokenizer", {"type": "pointnet", "point_channels": 4}, r"'model\.tokenizer\.point_channels' is set by"),
+            ("backbone", "transformer", r"'model\.backbone' must be a mapping with 'type'"),
+            ("loss_weights", {"chamfer": -1.0}, r"'model\.loss_weights\.chamfer' must be a number >= 0"),
+            ("loss_weights", {"occupancy": 0.0}, r"'model\.loss_weights\.occupancy' must be > 0")]:
+        with pytest.raises(ConfigError, match=message):
+            VoxelMAE(**{**SMALL, key: cfg})
 
 
 def test_radial_model_hides_whole_sectors_per_sample(sweeps):
@@ -183,9 +234,9 @@ def test_sparse_encoder_output_shape_and_shallow_grid_error():
 
 
 def test_masking_config_errors_name_the_key():
-    with pytest.raises(ConfigError, match="model.masking"):
+    with pytest.raises(ConfigError, match="model.masking.ratoi"):
         VoxelMAE(**SMALL, masking={"type": "random", "ratoi": 0.5})
-    with pytest.raises(ValueError, match="model.masking.type"):
+    with pytest.raises(ConfigError, match="model.masking.type"):
         VoxelMAE(**SMALL, masking={"type": "sectors"})
     with pytest.raises(ValueError, match="model.loss_weights.chamfr"):
         VoxelMAE(**SMALL, loss_weights={"chamfr": 1.0})
@@ -194,7 +245,7 @@ def test_masking_config_errors_name_the_key():
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*_mae/*.yaml")))
 def test_every_lidar_config_validates_and_builds(path):
     cfg = load_checked_config(REPO / path)
-    if cfg["model"].get("backbone") == "sparse_conv" and not spconv_available():
+    if cfg["model"].get("backbone", {}).get("type") == "sparse_conv" and not spconv_available():
         pytest.skip(f"spconv missing: {INSTALL_HINT}")
     model = build_model(cfg["model"])
     assert sum(p.numel() for p in model.parameters()) > 0

@@ -1,4 +1,4 @@
-"""Pictures of what a masked autoencoder rebuilds."""
+"""Pictures of what a masked autoencoder rebuilds (drawing in :mod:`pcmae.visualization`; kept for the tools)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,18 +6,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
-from pcmae.engine.visualize import save_reconstruction_png
+from pcmae.visualization import save_png
 
 
-@torch.no_grad()
-def save_model_reconstructions(model, dataset, path: Path, num_samples: int = 4) -> Path:
-    """Run ``model.reconstruct`` on the first ``num_samples`` items and draw input / visible / rebuilt."""
+def save_model_reconstructions(model, dataset, path: Path, num_samples: int = 4, seed: int = 0) -> Path:
+    """``model.picture`` of the first ``num_samples`` items of ``dataset`` (input / visible / rebuilt), as a PNG."""
+    from pcmae.engine.device import model_device, move_to_device
+
     batch = default_collate([dataset[i] for i in range(min(num_samples, len(dataset)))])
-    was_training = model.training
-    model.eval()
-    rec = model.reconstruct(batch["points"])
-    model.train(was_training)
-    samples = [{key: rec[key][i].cpu().numpy() for key in ("input", "visible", "reconstruction")}
-               for i in range(len(rec["input"]))]
-    save_reconstruction_png(samples, path)
-    return Path(path)
+    with torch.no_grad():
+        return save_png(model.picture(move_to_device(batch, model_device(model)), seed=seed), path)

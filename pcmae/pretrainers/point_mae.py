@@ -6,6 +6,7 @@ Defaults are the paper's ShapeNet-55 configuration (64 x 32 patches, width 384, 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,11 +47,12 @@ class PointMAE(nn.Module):
     def no_weight_decay(self):
         return {"mask_token"}
 
-    def forward_encoder(self, points: torch.Tensor, mask: torch.Tensor | None = None):
+    def forward_encoder(self, points: torch.Tensor, mask: torch.Tensor | None = None,
+                        generator: torch.Generator | None = None):
         """points: (B, N, 3) -> latent of visible tokens (B, V, C), mask (B, G), groups."""
         groups = self.grouper(points)
         if mask is None:
-            mask = make_mask(self.mask_type, groups.centers, self.mask_ratio)
+            mask = make_mask(self.mask_type, groups.centers, self.mask_ratio, generator)
         tokens, pos = self.encoder.embed(groups.neighborhoods, groups.centers)  # (B, G, C) each
         latent = self.encoder(select_tokens(tokens, ~mask), select_tokens(pos, ~mask))
         return latent, mask, groups
@@ -86,12 +88,30 @@ class PointMAE(nn.Module):
         return self.encoder(*self.encoder.embed(groups.neighborhoods, groups.centers))
 
     @torch.no_grad()
-    def reconstruct(self, points: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+    def reconstruct(self, points: torch.Tensor, mask: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None) -> dict:
         """For pictures and evaluation: absolute-coordinate visible and predicted points per sample."""
-        latent, mask, groups = self.forward_encoder(points, mask)
+        latent, mask, groups = self.forward_encoder(points, mask, generator)
         predicted = self.forward_decoder(latent, groups.centers, mask)  # (B, M, K, 3)
         visible = groups.neighborhoods[~mask] + groups.centers[~mask].unsqueeze(1)  # (B*V, K, 3)
         rebuilt = predicted + select_tokens(groups.centers, mask).unsqueeze(2)
         b = points.shape[0]
         return {"input": points, "visible": visible.reshape(b, -1, 3), "reconstruction": rebuilt.reshape(b, -1, 3),
                 "mask": mask, "latent": latent}
+
+    @torch.no_grad()
+    def picture(self, batch: dict, seed: int = 0) -> np.ndarray:
+        """input | visible | reconstruction + visible for each cloud of ``batch`` (the dataset's collate output,
+        on the model's device) -> uint8 image (H, W, 3). The mask is drawn from a generator seeded with ``seed``
+        (the global RNG is left alone); train / eval mode is restored."""
+        from pcmae.visualization import figure_to_array, reconstruction_figure, reconstruction_samples
+
+        points = batch["points"]
+        generator = torch.Generator(device=points.device).manual_seed(seed)
+        was_training = self.training
+        self.eval()
+        try:
+            rec = self.reconstruct(points, generator=generator)
+        finally:
+            self.train(was_training)
+        return figure_to_array(reconstruction_figure(reconstruction_samples(rec)))

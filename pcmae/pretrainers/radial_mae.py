@@ -14,7 +14,8 @@ from pcmae.registry import MODELS
 
 @MODELS.register
 class RadialMAE(VoxelMAE):
-    def __init__(self, masking: dict | None = None, loss_weights: dict | None = None, **kwargs):
-        masking = {"type": "radial", "ratio": 0.8, "sector_deg": 1.0, **(masking or {})}
-        loss_weights = {"occupancy": 1.0, "num_points": 0.0, "chamfer": 0.0, **(loss_weights or {})}
-        super().__init__(masking=masking, loss_weights=loss_weights, **kwargs)
+    """VoxelMAE with R-MAE's defaults: masking {type: radial, ratio: 0.8, sector_deg: 1.0} and occupancy as the
+    only target (no point-count or point heads unless ``loss_weights`` asks for them)."""
+
+    default_masking = {"type": "radial", "ratio": 0.8, "sector_deg": 1.0}
+    default_loss_weights = {"occupancy": 1.0, "num_points": 0.0, "chamfer": 0.0}

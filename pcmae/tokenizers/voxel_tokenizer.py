@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pcmae.ops import segment_reduce, voxel_centers, voxelize
+from pcmae.registry import TOKENIZERS
 from pcmae.structures import PointBatch
 
 
@@ -87,3 +88,25 @@ class VoxelTokenizer(nn.Module):
         """Raw channels with xyz mapped to [0, 1] over the range (metres would dwarf the offsets)."""
         lo, hi = self.pc_range[:3], self.pc_range[3:]
         return torch.cat([(points[:, :3] - lo) / (hi - lo), points[:, 3:]], dim=-1)
+
+
+# --- registry entries: ``model.tokenizer: {type: pointnet | mean, ...}`` (the model passes the grid) -----------
+
+@TOKENIZERS.register(name="pointnet")
+class PointNetVoxelTokenizer(VoxelTokenizer):
+    """A learned PointNet per voxel -> (V, embed_dim); ``hidden_dim`` is the width of its point MLP."""
+
+    def __init__(self, point_channels: int, voxel_size, point_cloud_range, max_points_per_voxel: int | None,
+                 embed_dim: int = 128, hidden_dim: int = 64):
+        super().__init__(point_channels, embed_dim, voxel_size, point_cloud_range, max_points_per_voxel,
+                         mode="pointnet", hidden_dim=hidden_dim)
+
+
+@TOKENIZERS.register(name="mean")
+class MeanVoxelTokenizer(VoxelTokenizer):
+    """The mean of each voxel's raw point channels (mmdet3d's HardSimpleVFE) -> (V, point_channels); no
+    parameters, so a sparse-conv encoder trained on it loads into SECOND / CenterPoint unchanged."""
+
+    def __init__(self, point_channels: int, voxel_size, point_cloud_range, max_points_per_voxel: int | None):
+        super().__init__(point_channels, point_channels, voxel_size, point_cloud_range, max_points_per_voxel,
+                         mode="mean")

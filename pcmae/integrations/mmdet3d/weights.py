@@ -154,10 +154,11 @@ def load_part(module: nn.Module, part: Part, where: str) -> KeyReport:
 def _expected_channels(pretrain: dict, slot: str) -> tuple[int, str]:
     """Channels the pre-trained part takes, and which pre-training key says so."""
     point_channels = int(pretrain.get("point_channels", 4))
-    if slot == "voxel_encoder" or pretrain.get("tokenizer", "pointnet") == "mean":
+    tokenizer = pretrain.get("tokenizer") or {"type": "pointnet"}
+    if slot == "voxel_encoder" or tokenizer.get("type") == "mean":
         return point_channels, f"model.point_channels = {point_channels}"
-    embed = int(pretrain.get("embed_dim", 128))
-    return embed, f"model.embed_dim = {embed} (PointNet tokenizer)"
+    embed = int(tokenizer.get("embed_dim", 128))
+    return embed, f"model.tokenizer.embed_dim = {embed} (PointNet tokenizer)"
 
 
 def check_compatible(module: nn.Module, pretrain: dict | None, slot: str, where: str) -> None:
