@@ -113,11 +113,22 @@ def test_encoder_sees_only_visible_tokens():
 
 
 def test_classifier_logits_loss_and_encoder_transfer():
+    torch.manual_seed(0)
     pre = PointMAE(**SMALL)
+    with torch.no_grad():  # random values everywhere: a fresh LayerNorm (all ones) would match without any transfer
+        for p in pre.encoder.parameters():
+            p.add_(torch.randn_like(p))
+    torch.manual_seed(1)
     cls_kwargs = {k: v for k, v in SMALL.items() if not k.startswith("decoder")}
     clf = PointClassifier(num_classes=5, **cls_kwargs)
+    want, before = pre.encoder.state_dict(), {k: v.clone() for k, v in clf.encoder.state_dict().items()}
+    for name, _ in pre.encoder.named_parameters():
+        assert not torch.equal(before[name], want[name]), name
     clf.load_encoder_from_pretrainer(pre.state_dict())
-    assert torch.equal(clf.encoder.norm.weight, pre.encoder.norm.weight)
+    got = clf.encoder.state_dict()
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        assert torch.equal(got[name], value), name
     out = clf({"points": cloud(b=4), "label": torch.tensor([0, 1, 2, 3])})
     assert out["logits"].shape == (4, 5) and out["loss"] > 0
     out["loss"].backward()
