@@ -1,11 +1,17 @@
-"""Voxelization: the sort-based kernel against the plain-Python reference, boundaries, cap order, errors."""
+"""Voxelization: the kernel against the one-sort torch reference and the plain-Python reference (random, boundary
+and real KITTI clouds), boundaries, cap order, errors, and the benchmark's computed equality columns."""
 from __future__ import annotations
 
+import importlib.util
+
+import numpy as np
 import pytest
 import torch
 
-from benchmarks.voxelize import bench_voxelize, fit_exponent
-from pcmae.ops.voxelize import Voxels, voxel_centers, voxelize, voxelize_reference
+from benchmarks.voxelize import bench_voxelize, compare, fit_exponent, pcmae_method, tiled_sweeps
+from pcmae.io import load_points
+from pcmae.ops.voxelize import Voxels, voxel_centers, voxelize, voxelize_reference, voxelize_torch_reference
+from tests.shared_data import shared_data_path
 
 RANGE = (-2.0, -3.0, -1.0, 6.0, 5.0, 3.0)
 VOXEL = (0.5, 0.25, 1.0)  # grid (16, 32, 4)
@@ -179,9 +185,89 @@ def test_fit_exponent():
     assert fit_exponent(sizes, [3e-8 * n for n in sizes]) == pytest.approx(1.0)
 
 
-def test_benchmark_methods_agree_on_voxel_count():
-    rows = bench_voxelize(sizes=(2000, 4000), repeats=1)
-    for n in (2000, 4000):
-        counts = {r["method"]: r["voxels"] for r in rows if r["points"] == n}
-        assert len(counts) >= 2 and len(set(counts.values())) == 1, counts
-        assert all(r["seconds"] > 0 for r in rows)
+def test_matches_torch_reference_on_random_clouds():
+    for seed, cap in ((0, None), (1, 2)):
+        points, batch_idx = random_cloud(4000, 3, seed)
+        assert_same(voxelize(points, batch_idx, VOXEL, RANGE, cap),
+                    voxelize_torch_reference(points, batch_idx, VOXEL, RANGE, cap))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_points_one_step_either_side_of_every_cell_boundary(dtype):
+    """The crop bounds are found once per geometry by bisection over the floats of the points' dtype: points at
+    each boundary and at its two float neighbours must land where float64 arithmetic puts them."""
+    rng, size = (-1.1, 0.3, -2.0, 2.2, 1.0, 0.7), (0.3, 0.07, 0.9)  # ranges not multiples of the voxel size
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    rows = []
+    for axis in range(3):
+        cells = int(round((rng[axis + 3] - rng[axis]) / size[axis]))
+        edges = [rng[axis] + k * size[axis] for k in range(cells + 2)] + [rng[axis + 3]]
+        for edge in np.array(edges, dtype=np_dtype):
+            for value in (np.nextafter(edge, -np.inf), edge, np.nextafter(edge, np.inf)):
+                row = [(rng[a] + rng[a + 3]) / 2 for a in range(3)]
+                row[axis] = float(value)
+                rows.append(row)
+    points = torch.tensor(rows, dtype=dtype)
+    batch_idx = torch.zeros(len(points), dtype=torch.long)
+    got = voxelize(points, batch_idx, size, rng)
+    assert_same(got, voxelize_reference(points, batch_idx, size, rng))
+    assert 0 < int((got.point_to_voxel >= 0).sum()) < len(points)  # both sides of the range were exercised
+
+
+def test_half_precision_points_match_float32():
+    points, batch_idx = random_cloud(1000, 2, seed=4)
+    half = points.half()
+    assert_same(voxelize(half, batch_idx, VOXEL, RANGE, 3), voxelize_reference(half.float(), batch_idx, VOXEL, RANGE, 3))
+
+
+GRID_KITTI = ((0.05, 0.05, 0.1), (0.0, -40.0, -3.0, 70.4, 40.0, 1.0))
+
+
+def test_real_kitti_sweeps_match_both_references():
+    path = shared_data_path("openpcdet", "data", "kitti", "training", "velodyne", "000000.bin")
+    sweep = torch.from_numpy(load_points(path, layout="kitti"))[::3]  # a third: the Python reference is slow
+    voxel, kitti = GRID_KITTI
+    zeros = torch.zeros(len(sweep), dtype=torch.long)
+    got = voxelize(sweep, zeros, voxel, kitti, 5)
+    assert_same(got, voxelize_reference(sweep, zeros, voxel, kitti, 5))
+    assert got.num_voxels > 10_000 and int(got.counts.max()) == 5
+    # a 3-sample batch of 200k tiled, turned and jittered real points, interleaved samples, int32 and int64 keys
+    points, _ = tiled_sweeps(200_000, seed=1)
+    batch_idx = torch.arange(len(points)) % 3
+    for cap, grid_voxel in ((5, voxel), (None, (0.01, 0.01, 0.01))):  # the second grid needs 64-bit keys
+        assert_same(voxelize(points, batch_idx, grid_voxel, kitti, cap),
+                    voxelize_torch_reference(points, batch_idx, grid_voxel, kitti, cap))
+
+
+def test_fit_exponent():
+    sizes = [1e3, 1e4, 1e5, 1e6]
+    assert fit_exponent(sizes, [2e-9 * n ** 1.5 for n in sizes]) == pytest.approx(1.5)
+    assert fit_exponent(sizes, [3e-8 * n for n in sizes]) == pytest.approx(1.0)
+
+
+def test_benchmark_equality_columns_are_computed():
+    rows = bench_voxelize(sizes=(10_000,), repeats=1, threads=(1,))
+    methods = {(r["cap"], r["method"]) for r in rows}
+    assert {(5, "pcmae.voxelize"), (5, "pcmae voxelize_torch_reference"), ("none", "torch.unique (flat int64 key)"),
+            } <= methods
+    assert ((5, "spconv PointToVoxel") in methods) == (importlib.util.find_spec("spconv") is not None)
+    for r in rows:
+        assert r["voxelize ms"] > 0 and r["+ mean ms"] > 0 and r["threads"] == 1
+        if r["method"].startswith("pcmae"):
+            assert (r["same voxels"], r["same counts"]) == ("yes", "yes") and r["same means"].startswith("yes")
+    # the columns really compare: a point moved out of the range changes its voxel's count and mean, and
+    # dropping a single-point voxel's point removes that voxel
+    points, _ = tiled_sweeps(20_000)
+    zeros = torch.zeros(len(points), dtype=torch.long)
+    vox = voxelize(points, zeros, *GRID_KITTI)
+    kept = torch.nonzero(vox.point_to_voxel >= 0)[:, 0]
+    shared = kept[vox.counts[vox.point_to_voxel[kept]] >= 2][0]
+    alone = kept[vox.counts[vox.point_to_voxel[kept]] == 1][0]
+    expected = pcmae_method(points, None)[1]()
+    moved = points.clone()
+    moved[shared, 0] = -10.0
+    assert compare(pcmae_method(moved, None)[1](), expected)["same voxels"] == "yes"
+    assert compare(pcmae_method(moved, None)[1](), expected)["same counts"] == "no: 1 voxels differ"
+    assert compare(pcmae_method(moved, None)[1](), expected)["same means"].startswith("no (max diff")
+    dropped = torch.cat([points[:alone], points[alone + 1:]])
+    assert compare(pcmae_method(dropped, None)[1](), expected)["same voxels"] == f"no: 0 extra, 1 missing of {vox.num_voxels}"

@@ -1,4 +1,4 @@
-"""Voxelization: points -> non-empty voxels, in one sort of a 64-bit key (no Python loop over points).
+"""Voxelization: points -> non-empty voxels, in one sort of an integer key (no Python loop over points).
 
 A point p is kept when ``min <= p < max`` on every axis (evaluated in float64 on the exact values: a point
 at x == x_min is inside, one at x == x_max is outside) and its cell ``floor((p - min) / voxel_size)`` lies
@@ -6,10 +6,18 @@ in the grid ``round((max - min) / voxel_size)`` (mmdet3d's rule; a range that is
 size loses the partial last cell, as with mmcv's hard voxelization). Voxels come out sorted by
 (batch, z, y, x); with ``max_points_per_voxel`` a voxel keeps its first points in input order, as spconv's
 ``PointToVoxel`` and mmcv's hard voxelization do. The same code runs on CPU and CUDA.
+
+:func:`voxelize` first keeps the points inside the grid with two comparisons per axis in the points' own
+dtype (the exact float bounds of "inside" are found once per geometry, see :func:`_inside_bounds`), then
+computes float64 cells and sorts keys of those points only (int32 keys when the grid allows: fewer radix
+passes). :func:`voxelize_torch_reference` is the plain one-sort version over every point, and
+:func:`voxelize_reference` a Python dict; the tests hold all three equal.
 """
 from __future__ import annotations
 
+import functools
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -89,17 +97,16 @@ def _check_inputs(points: torch.Tensor, batch_idx: torch.Tensor, max_points_per_
         raise ValueError(f"batch_idx must be an integer tensor, got {batch_idx.dtype}")
     if batch_idx.device != points.device:
         raise ValueError(f"batch_idx is on {batch_idx.device} but points are on {points.device}")
-    finite = torch.isfinite(points)
-    if not bool(finite.all()):
-        bad = (~finite).any(dim=1).nonzero()[:, 0]
+    if points.numel() and not all(math.isfinite(v) for v in torch.aminmax(points)):  # one pass; NaN propagates
+        bad = (~torch.isfinite(points)).any(dim=1).nonzero()[:, 0]
         raise ValueError(f"points contain NaN or inf in {len(bad)} of {len(points)} rows "
                          f"(first row {int(bad[0])})")
     if max_points_per_voxel is not None and (isinstance(max_points_per_voxel, bool)
                                              or not isinstance(max_points_per_voxel, int)
                                              or max_points_per_voxel < 1):
         raise ValueError(f"max_points_per_voxel must be None or an int >= 1, got {max_points_per_voxel!r}")
-    lowest = int(batch_idx.min()) if len(batch_idx) else 0
-    needed = int(batch_idx.max()) + 1 if len(batch_idx) else 0
+    lowest, highest = (int(v) for v in torch.aminmax(batch_idx)) if len(batch_idx) else (0, -1)
+    needed = highest + 1
     if lowest < 0:
         raise ValueError(f"batch_idx must be >= 0, got {lowest}")
     if batch_size is None:
@@ -118,6 +125,99 @@ def voxelize(points: torch.Tensor, batch_idx: torch.Tensor, voxel_size: Sequence
     voxel_size: (vx, vy, vz) metres; point_cloud_range: (x_min, y_min, z_min, x_max, y_max, z_max);
     max_points_per_voxel: keep at most this many points per voxel (the first ones in input order);
     batch_size: B (default max(batch_idx) + 1; samples without points simply have no voxel).
+    """
+    voxel_size, point_cloud_range, grid = _geometry(voxel_size, point_cloud_range)
+    batch_size = _check_inputs(points, batch_idx, max_points_per_voxel, batch_size)
+    gx, gy, gz = grid
+    if batch_size * gx * gy * gz > INT64_MAX:
+        raise ValueError(f"batch_size {batch_size} x grid {grid} overflows the int64 voxel key")
+    device = points.device
+    xyz = points[:, :3] if points.dtype in (torch.float32, torch.float64) else points[:, :3].float()  # exact
+    inside = None
+    for axis in range(3):  # column by column: no (N, 3) temporaries, no reduction over a size-3 dim
+        low, high = _inside_bounds(point_cloud_range[axis], point_cloud_range[axis + 3], voxel_size[axis],
+                                   grid[axis], xyz.dtype)
+        column = xyz[:, axis]
+        inside = column >= low if inside is None else inside.logical_and_(column >= low)
+        inside.logical_and_(column < high)
+    kept = torch.nonzero(inside).squeeze(1)  # (M,) rows inside the grid, ascending
+    # key = ((batch * Z + z) * Y + y) * X + x, int32 when the grid allows (a radix sort of half the passes)
+    key_dtype = torch.int32 if batch_size * gx * gy * gz <= INT32_MAX else torch.int64
+    key = batch_idx.index_select(0, kept).to(key_dtype)
+    kept_xyz = xyz.index_select(0, kept)  # (M, 3)
+    for axis in (2, 1, 0):  # (M,) float64 columns with scalar operands: vectorised, no (M, 3) broadcasting
+        cell = _cells(kept_xyz[:, axis], point_cloud_range[axis], voxel_size[axis])
+        key.mul_(grid[axis]).add_(cell.to(key_dtype))  # cells lie in [0, grid): guaranteed by the bounds
+    # stable: equal keys keep input order (kept is ascending), so the cap below keeps each voxel's first points
+    sorted_key, order = torch.sort(key, stable=True)
+    _, voxel_of_sorted, counts = torch.unique_consecutive(sorted_key, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts  # sorted position of each voxel's first point
+    voxel_of_kept = voxel_of_sorted
+    if max_points_per_voxel is not None:
+        rank = torch.arange(len(order), device=device) - first.index_select(0, voxel_of_sorted)
+        voxel_of_kept = torch.where(rank < max_points_per_voxel, voxel_of_sorted, -1)
+        counts = counts.clamp(max=max_points_per_voxel)
+    point_to_voxel = torch.full((points.shape[0],), -1, dtype=torch.long, device=device)
+    point_to_voxel.scatter_(0, kept.index_select(0, order), voxel_of_kept)
+    first_point = kept.index_select(0, order.index_select(0, first))  # (V,) input row of each voxel's first point
+    coords = torch.empty((len(first), 4), dtype=torch.int32, device=device)
+    coords[:, 0] = batch_idx.index_select(0, first_point)
+    first_xyz = xyz.index_select(0, first_point)
+    for axis in range(3):  # the cells of V points again, instead of keeping 3 x (M,) cells
+        coords[:, 3 - axis] = _cells(first_xyz[:, axis], point_cloud_range[axis], voxel_size[axis])
+    return Voxels(coords, point_to_voxel, counts.int(), grid, batch_size)
+
+
+def _cells(column: torch.Tensor, low: float, size: float) -> torch.Tensor:
+    """(M,) coordinates -> (M,) float64 ``floor((p - low) / size)``, computed in float64."""
+    return column.to(torch.float64).sub_(low).div_(size).floor_()
+
+
+_FLOAT_BITS = {torch.float32: ("<f", "<I", 32), torch.float64: ("<d", "<Q", 64)}
+
+
+def _float_of_rank(rank: int, dtype: torch.dtype) -> float:
+    """The float of ``dtype`` at position ``rank`` in the ordered set of its values (0 = zero, negative below)."""
+    float_code, uint_code, bits = _FLOAT_BITS[dtype]
+    pattern = rank if rank >= 0 else (-rank) | (1 << (bits - 1))
+    return struct.unpack(float_code, struct.pack(uint_code, pattern))[0]
+
+
+def _first_float_where(predicate, dtype: torch.dtype) -> float:
+    """Smallest finite ``dtype`` value where a monotone ``predicate`` holds (+inf when none)."""
+    float_code, uint_code, _ = _FLOAT_BITS[dtype]
+    infinity = struct.unpack(uint_code, struct.pack(float_code, math.inf))[0]  # rank of +inf
+    low, high = -infinity, infinity
+    while low < high:  # predicate(rank high) holds (or high is +inf)
+        mid = (low + high) // 2
+        if predicate(_float_of_rank(mid, dtype)):
+            high = mid
+        else:
+            low = mid + 1
+    return _float_of_rank(low, dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _inside_bounds(low: float, high: float, size: float, cells: int, dtype: torch.dtype) -> tuple[float, float]:
+    """(a, b) values of ``dtype`` with: a <= p < b  <=>  low <= p < high and 0 <= floor((p - low) / size) < cells.
+
+    The float64 cell of p is monotone in p, so "inside" is an interval of the values of ``dtype``; a bisection
+    over that ordered set, with the same float64 operations as :func:`voxelize`, finds its ends.
+    """
+    def reaches(p: float, k: int) -> bool:  # floor(q) >= k  <=>  q >= k  for an integer k
+        return (p - low) / size >= k
+
+    first_in = _first_float_where(lambda p: p >= low and reaches(p, 0), dtype)
+    first_out = _first_float_where(lambda p: p >= high or reaches(p, cells), dtype)
+    return first_in, first_out
+
+
+def voxelize_torch_reference(points: torch.Tensor, batch_idx: torch.Tensor, voxel_size: Sequence[float],
+             point_cloud_range: Sequence[float], max_points_per_voxel: int | None = None,
+             batch_size: int | None = None) -> Voxels:
+    """:func:`voxelize` as one stable sort of the keys of all points (outside ones last): same arguments, same
+    result; simpler and slower (float64 cells and a 64-bit sort of every point).
+
     """
     voxel_size, point_cloud_range, grid = _geometry(voxel_size, point_cloud_range)
     batch_size = _check_inputs(points, batch_idx, max_points_per_voxel, batch_size)
