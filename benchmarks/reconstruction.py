@@ -125,6 +125,7 @@ def prepare(args) -> None:
 def evaluate(args) -> None:
     manifest = json.loads((OUT / "manifest.json").read_text())
     results = {"config": args.config, "checkpoint": args.checkpoint, "sensors": {}}
+    prior = None
     for sensor, entry in manifest["sensors"].items():
         if "eval" not in entry.get("splits", {}):
             continue
@@ -132,6 +133,9 @@ def evaluate(args) -> None:
         cmd = [sys.executable, "tools/evaluate.py", args.config, "--checkpoint", args.checkpoint, "--layout", "xyz",
                "--seeds", *map(str, args.seeds), "--output", str(out),
                "--sweeps", *[f["file"] for f in entry["splits"]["eval"]]]
+        if prior is not None:
+            cmd += ["--prior", str(prior)]  # fitted once, on the training sweeps, by the first call
+        prior = prior or out
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
         results["sensors"][sensor] = {"description": entry["description"],
@@ -156,8 +160,31 @@ def main(argv=None):
     {"prepare": prepare, "evaluate": evaluate, "table": table}[args.command](args)
 
 
+TRIVIAL = ("all_occupied", "range_prior", "neighbour")
+
+
+def _cell(value) -> str:
+    return "-" if value is None or value != value else f"{value:.3f}"
+
+
 def table(args) -> None:
-    raise NotImplementedError
+    """One README row per (model, sensor): F1 / AUROC / AP of the model and the trivial answers, Chamfer-L2."""
+    print("| model | sensor (eval sweeps) | seen in training | in range | occupied | F1 model / all / prior / "
+          "neighbour | AUROC model / prior / neighbour | AP model / prior / neighbour | AUROC gain over best "
+          "trivial | Chamfer m^2 model / centers / neighbour copy |")
+    print("|---" * 10 + "|")
+    for path in args.results:
+        results = json.loads(Path(path).read_text())
+        for sensor, r in results["sensors"].items():
+            p = r["predictors"]
+            f1 = " / ".join(_cell(p[k]["f1"]) for k in ("model", *TRIVIAL))
+            auroc = " / ".join(_cell(p[k]["auroc"]) for k in ("model", "range_prior", "neighbour"))
+            ap = " / ".join(_cell(p[k]["ap"]) for k in ("model", "range_prior", "neighbour"))
+            gain = p["model"]["auroc"] - max(p[k]["auroc"] for k in TRIVIAL)
+            chamfer = " / ".join(_cell(r["chamfer"].get(k)) for k in ("model", "centers", "neighbour_copy"))
+            print(f"| {Path(results['config']).stem} | {sensor} ({r['num_sweeps']}) | "
+                  f"{'yes' if r['trained_on_sensor'] else 'no'} | {r['inside_range']['mean']:.2f} | "
+                  f"{r['occupied_rate']:.3f} | {f1} | {auroc} | {ap} | {gain:+.3f} | {chamfer} |")
 
 
 if __name__ == "__main__":

@@ -231,10 +231,15 @@ def test_evaluate_info_file_and_layout_errors(tiny_run, tmp_path):
     info.write_bytes(pickle.dumps({"metainfo": {"dataset": "kitti"},
                                    "data_list": [{"lidar_points": {"lidar_path": sweep}}]}))
     base = [str(config), "--checkpoint", str(checkpoint), "--seeds", "0", "--device", "cpu"]
-    by_info = tool.main(base + ["--info-file", str(info)])
-    by_sweeps = tool.main(base + ["--sweeps", sweep, "--layout", "kitti"])
+    saved = tmp_path / "by_info.json"
+    by_info = tool.main(base + ["--info-file", str(info), "--output", str(saved)])
+    by_sweeps = tool.main(base + ["--sweeps", sweep, "--layout", "kitti", "--prior", str(saved)])  # prior reused
     assert by_info["num_queries"] == by_sweeps["num_queries"] > 0
-    assert by_info["predictors"]["model"]["auroc"] == by_sweeps["predictors"]["model"]["auroc"]
+    assert by_info["range_prior"] == by_sweeps["range_prior"]
+    for name in PREDICTORS:
+        assert by_info["predictors"][name]["auroc"] == by_sweeps["predictors"][name]["auroc"]
+    with pytest.raises(SystemExit, match=f"--prior {info}: not an output"):
+        tool.main(base + ["--sweeps", sweep, "--layout", "kitti", "--prior", str(info)])
 
     with pytest.raises(SystemExit, match="give --layout") as err:
         tool.main(base + ["--sweeps", sweep])

@@ -11,7 +11,9 @@ model is asked about the hidden occupied voxels and sampled empty ones (pcmae/ev
 for the model and the trivial answers (all occupied, none, the occupancy rate of the query's distance ring on the
 config's training sweeps, "a neighbour is visible"): precision / recall / F1, AUROC and average precision of the
 score (a constant gets 0.5 and the occupied rate), F1 per distance bin, Chamfer-L2 of the rebuilt points next to
-"points at voxel centers" and the neighbour copy, and the share of each sweep inside the model's range.
+"points at voxel centers" and the neighbour copy, and the share of each sweep inside the model's range. The range
+prior is fitted on the unaugmented training sweeps with the mask of seed 0 (deterministic), and saved in
+``--output``; ``--prior`` reuses it.
 Sweeps: ``--sweeps`` files, ``--info-file`` (an mmdet3d-style info file, e.g. a pcmae converter's output), else
 the config's ``data.val`` dataset (tools/pretrain.py does not train on it).
 """
@@ -27,6 +29,7 @@ from pcmae.data import LidarSweeps
 from pcmae.engine.build import build_dataset, build_model, command_line, load_checked_config
 from pcmae.engine.checkpoint import atomic_write, load_model_weights
 from pcmae.engine.distributed import pick_device
+from pcmae.evaluation.baselines import RangePrior
 from pcmae.evaluation.bev import save_model_bev
 from pcmae.evaluation.occupancy import PREDICTORS, evaluate_dataset, fit_range_prior
 from pcmae.io import BIN_LAYOUTS
@@ -65,6 +68,16 @@ def eval_dataset(cfg: dict, args):
     return build_dataset(_unaugmented(cfg["data"]["val"]), where="data.val")
 
 
+def load_prior(path) -> RangePrior:
+    """The "range_prior" {ring_m, rates} of an earlier --output JSON."""
+    try:
+        saved = json.loads(Path(path).read_text())["range_prior"]
+        return RangePrior(saved["ring_m"], saved["rates"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"--prior {path}: not an output of tools/evaluate.py with a range prior "
+                         f"({type(err).__name__}: {err})") from None
+
+
 def _fmt(value: float) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
@@ -98,6 +111,8 @@ def main(argv=None):
     parser.add_argument("--info-file", help="mmdet3d-style info file (.pkl) of the sweeps to evaluate on")
     parser.add_argument("--layout", choices=sorted(BIN_LAYOUTS),
                         help="column layout of .bin sweeps (--sweeps, or an --info-file that does not say)")
+    parser.add_argument("--prior", help="reuse the range prior of an earlier --output JSON of this config (else it is "
+                        "fitted on the config's data.train sweeps)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="mask draws per sweep")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when present")
@@ -115,7 +130,11 @@ def main(argv=None):
     model.to(pick_device(args.device)).eval()
     dataset = eval_dataset(cfg, args)
     pc_range = model.tokenizer.pc_range.tolist()
-    prior = fit_range_prior(model, build_dataset(_unaugmented(cfg["data"]["train"]), where="data.train"), pc_range)
+    if args.prior:
+        prior = load_prior(args.prior)
+    else:
+        prior = fit_range_prior(model, build_dataset(_unaugmented(cfg["data"]["train"]), where="data.train"),
+                                pc_range)
     result = evaluate_dataset(model, dataset, pc_range, prior, args.seeds)
     print_result(result)
     if args.plot:
