@@ -42,7 +42,7 @@ INFO_VERSION = "1.1"
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 TEMP_PATTERN = re.compile(r"^\..+\.tmp-(\d+)$")
 OUTPUT_FOLDERS = ("points", "sweeps", "frames")
-NAN_ALLOWED_KEYS = frozenset({"velocity"})  # unknown velocities are NaN in nuScenes / mmdet3d infos (mmdet3d zeroes them)
+NAN_ALLOWED_KEYS = frozenset({"velocity"})  # unknown velocities: NaN in nuScenes / mmdet3d infos (mmdet3d zeroes them)
 
 
 class ConversionError(Exception):

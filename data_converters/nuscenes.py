@@ -34,6 +34,7 @@ import numpy as np
 
 from data_converters.common import (ConversionError, ConversionSummary, FrameResult, FrameTask,
                                     add_common_arguments, run_conversion, run_from_args)
+from pcmae.io import PointCloudFormatError, load_points
 
 COLUMNS = ("x", "y", "z", "intensity", "ring")
 LIDAR_CHANNEL = "LIDAR_TOP"
@@ -251,15 +252,15 @@ def plan_tasks(nusc, scenes: Iterable[dict], max_sweeps: int = 10, skip_keys: It
 
 # ------------------------------------------------------------------------------------------------ worker side
 def read_lidar_points(path, what: str = "") -> np.ndarray:
-    """(N, 5) float32 x, y, z, intensity, ring from a nuScenes ``.pcd.bin``; ConversionError naming the file."""
+    """(N, 5) float32 x, y, z, intensity, ring from a nuScenes ``.pcd.bin`` through ``load_points`` (size, finite
+    x, y, z, not empty); ConversionError naming the file."""
     path, context = Path(path), f" ({what})" if what else ""
     if not path.is_file():
         raise ConversionError(f"lidar file not found: {path}{context}")
-    size = path.stat().st_size
-    if size == 0 or size % (4 * len(COLUMNS)):
-        raise ConversionError(f"{path}: {size} bytes is not a whole, non-zero number of points of "
-                              f"{len(COLUMNS)} float32 ({', '.join(COLUMNS)}){context}")
-    return np.fromfile(path, dtype="<f4").reshape(-1, len(COLUMNS))
+    try:
+        return load_points(path, layout="nuscenes")
+    except PointCloudFormatError as err:
+        raise ConversionError(f"{err}{context}") from None
 
 
 def _builtin(value):

@@ -253,7 +253,8 @@ def kitti_cases(rng) -> Dict[str, Callable[[Path, Path], Run]]:
             for sub in ("velodyne", "calib", "label_2", "image_2"):
                 (root / "training" / sub).mkdir(parents=True)
                 for frame in ("000000", "000001"):
-                    (root / "training" / sub / f"{frame}{suffix[sub]}").symlink_to(kitti / sub / f"{frame}{suffix[sub]}")
+                    name = f"{frame}{suffix[sub]}"
+                    (root / "training" / sub / name).symlink_to(kitti / sub / name)
             target = root / "training" / folder / f"000001{suffix[folder]}"
             target.unlink()
             if content is not None:
@@ -350,8 +351,8 @@ def waymo_cases(rng) -> Dict[str, Callable[[Path, Path], Run]]:
                               [i for i in (0, 1, 2) if i not in damaged_by_flips] + [3], len(damaged_by_flips)),
         "record 1 without range images": (encoded[0] + tfrecord.encode_record(stripped) + encoded[2], encoded[3],
                                           [0, 2, 3], 0),
-        "record 1 not a Frame": (encoded[0] + tfrecord.encode_record(rng.integers(0, 256, 500, dtype=np.uint8)
-                                                                     .tobytes()) + encoded[2], encoded[3], [0, 2, 3], 1),
+        "record 1 not a Frame": (encoded[0] + tfrecord.encode_record(rng.integers(0, 256, 500, np.uint8).tobytes())
+                                 + encoded[2], encoded[3], [0, 2, 3], 1),
         "record 1 NaN intensity": (encoded[0] + tfrecord.encode_record(nan_frame) + encoded[2], encoded[3],
                                    [0, 2, 3], 1),
     }
