@@ -145,3 +145,16 @@ def test_point_mae_trains_under_bf16_autocast():
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_point_mae_picture_is_an_rgb_image_and_leaves_rng_and_mode_alone():
+    import numpy as np
+
+    model = PointMAE(**SMALL).train()
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    image = model.picture({"points": cloud(b=2)})
+    assert torch.equal(torch.get_rng_state(), state) and model.training
+    assert image.dtype == np.uint8 and image.shape[2] == 3 and image.shape[0] == 600 and image.shape[1] == 900
+    assert (image < 200).any() and (image == 255).any()
+    assert np.array_equal(model.picture({"points": cloud(b=2)}), image)

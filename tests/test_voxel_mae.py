@@ -264,3 +264,32 @@ def test_neighbour_mean_against_a_loop():
         assert count[i] == len(near)
         if near:
             torch.testing.assert_close(mean[i], values[near].mean(0))
+
+
+@pytest.mark.parametrize("cls", [VoxelMAE, RadialMAE])
+def test_picture_is_an_rgb_image_of_the_batch_and_leaves_rng_and_mode_alone(cls, sweeps, tmp_path):
+    from pcmae.visualization import save_png
+
+    model = cls(**SMALL).train()
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    image = model.picture(sweeps)
+    assert torch.equal(torch.get_rng_state(), state) and model.training
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert image.shape == (2 * 400, 1200, 3)  # a row of 3 panels (15 x 5 inches at 80 dpi) per sweep
+    assert (image < 128).any() and (image == 255).any()  # drawn points on a white page
+    assert np.array_equal(model.picture(sweeps), image)  # the seeded mask: the same picture twice
+    path = save_png(image, tmp_path / "p.png")
+    from matplotlib.image import imread
+
+    assert np.array_equal((imread(path)[..., :3] * 255).round().astype(np.uint8), image)
+
+
+def test_visualization_import_leaves_matplotlib_alone():
+    code = ("import sys; import pcmae.visualization, pcmae.evaluation.bev, pcmae.evaluation.reconstruction, "
+            "pcmae.engine.visualize, pcmae.pretrainers; print('matplotlib' in sys.modules)")
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr
