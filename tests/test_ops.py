@@ -17,7 +17,7 @@ from pcmae.ops import (
     segment_reduce,
     segment_reduce_reference,
 )
-from pcmae.ops.fps import _fpsample_bucket, _tree_slot_of_first_point
+from pcmae.ops.fps import _fpsample_bucket, _fpsample_exact, _pruned_fps, _tree_slot_of_first_point, auto_backend
 from tests.shared_data import shared_data_path
 
 fpsample = pytest.importorskip("fpsample")
@@ -94,7 +94,36 @@ def test_fps_exact_on_real_kitti_sweep():
     xyz = kitti_points()
     expected = farthest_point_sample_reference(xyz, 200)
     assert torch.equal(farthest_point_sample(xyz, 200, backend="fpsample"), expected)
-    assert torch.equal(farthest_point_sample(xyz, 200), expected)
+    assert torch.equal(farthest_point_sample(xyz, 200, backend="pruned"), expected)
+
+
+def test_fps_pruned_is_exact_on_a_real_kitti_sweep():
+    """The pruned backend (auto for clouds of 16k+ points; the test above holds it to the reference loop for 200
+    samples) against fpsample's exact kernel, which picks as the reference (tests above), for 2048 samples."""
+    xyz = kitti_points()
+    assert auto_backend(xyz) == "pruned"
+    picks = farthest_point_sample(xyz, 2048)
+    assert torch.equal(picks[0], torch.from_numpy(_fpsample_exact(xyz[0].numpy(), 2048)))
+    part = xyz[:, ::4].double()  # float64 has no fpsample kernel: against the loop, fewer points and samples
+    assert torch.equal(farthest_point_sample(part, 100), farthest_point_sample_reference(part, 100))
+
+
+@pytest.mark.parametrize("bucket_size", [1, 4, 64])
+def test_fps_pruned_ties_duplicates_and_tiny_clouds(bucket_size):
+    g = generator(5)
+    lattice = torch.randint(0, 6, (1, 700, 3), generator=g).float()  # 216 positions, many duplicates and ties
+    for xyz, m in ((lattice, 700), (lattice.double(), 300), (torch.randn(1, 3, 3, generator=g), 3),
+                   (torch.zeros(1, 5, 3), 4), (torch.randn(1, 1000, 3, generator=g) * 1e4, 200)):
+        expected = farthest_point_sample_reference(xyz, m)[0].numpy()
+        assert np.array_equal(_pruned_fps(xyz[0].numpy(), m, bucket_size), expected)
+    assert _pruned_fps(lattice[0].numpy(), 0).shape == (0,)
+
+
+def test_fps_auto_backend_choice():
+    assert auto_backend(torch.zeros(1, 8192, 3)) == "fpsample"
+    assert auto_backend(torch.zeros(64, 2048, 3)) == "torch"  # big batch of small clouds: batched loop
+    assert auto_backend(torch.zeros(2, 20000, 3, dtype=torch.float64)) == "pruned"
+    assert auto_backend(torch.zeros(1, 100, 3, dtype=torch.float64)) == "torch"
 
 
 @pytest.mark.parametrize("n", [1000, 7000, 20000])
