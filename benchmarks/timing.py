@@ -17,12 +17,20 @@ def sync(device) -> None:
 
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[int]:
-    """Run the block with ``threads`` intra-op threads (None: leave as is); yields the count in force."""
+    """Run the block with ``threads`` threads (None: leave as is) in torch and in every OpenMP / BLAS runtime
+    loaded in the process (pykdtree bundles its own libgomp), via threadpoolctl; yields torch's count."""
     before = torch.get_num_threads()
+    limits = contextlib.nullcontext()
     if threads is not None:
         torch.set_num_threads(threads)
+        try:
+            from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+            limits = threadpool_limits(limits=threads)
+        except ImportError:
+            pass
     try:
-        yield torch.get_num_threads()
+        with limits:
+            yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
 

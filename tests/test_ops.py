@@ -481,6 +481,17 @@ def test_cuda_paths_equal_cpu():
 
 # ------------------------------------------------------------------------------------------ benchmark
 
+def load_benchmark_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("pcmae_benchmark_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_benchmark_cli_prints_one_row_per_implementation_and_pcmae_matches_its_reference():
     import os
     import subprocess
@@ -490,14 +501,36 @@ def test_benchmark_cli_prints_one_row_per_implementation_and_pcmae_matches_its_r
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, str(repo / "tools" / "benchmark.py"), "--sections", "ops",
-                             "--sizes", "300", "--repeats", "1"], capture_output=True, text=True, env=env,
-                            timeout=300, check=True)
+                             "--sizes", "300", "--repeats", "1", "--threads", "1"], capture_output=True, text=True,
+                            env=env, timeout=300, check=True)
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
     header, body = [c.strip() for c in rows[0]], [[c.strip() for c in r] for r in rows[1:]]
     same = header.index("= pcmae reference")
     impl = header.index("implementation")
     ops = {r[header.index("op")] for r in body}
     assert ops == {"FPS", "kNN", "Chamfer-L2"}
+    assert {r[header.index("threads")] for r in body} == {"1"}
+    assert "pykdtree (build + query, raw)" in {r[impl] for r in body}
     pcmae_rows = [r for r in body if r[impl].startswith("pcmae")]
-    assert len(pcmae_rows) >= 7 and all(r[same] == "yes" for r in pcmae_rows)
-    assert all(float(r[header.index("median ms")]) > 0 for r in body)
+    assert len(pcmae_rows) >= 8
+    assert all(r[same] == "yes" or r[same].startswith("yes (") or r[same] == "(is the reference)" for r in pcmae_rows)
+    chamfer = next(r for r in body if r[impl] == "pcmae chamfer_distance (auto)")
+    assert chamfer[same].startswith("yes (loss rel diff") and "0 of 600 point gradients differ" in chamfer[same]
+    assert all(float(r[header.index("median ms")]) > 0 for r in body if r[header.index("median ms")] != "-")
+
+
+def test_benchmark_chamfer_past_the_reference_limit_checks_sampled_points(monkeypatch):
+    """Where the full reference is skipped, sampled points are checked by brute force, and a wrong answer shows."""
+    tool = load_benchmark_tool()
+    monkeypatch.setattr(tool, "TORCH_PAIRS_LIMIT_CPU", 0)
+    monkeypatch.setattr(tool, "DENSE_LIMIT_BYTES", 0)
+    monkeypatch.setattr(tool, "CHAMFER_SAMPLES", 300)
+    g = generator(8)
+    xyz, other = torch.rand(1, 3000, 3, generator=g), torch.rand(1, 3000, 3, generator=g)
+    rows = {r["implementation"]: r for r in tool.bench_chamfer(xyz, other, 1, 1)}
+    assert rows["pcmae chamfer_distance (auto)"]["= pcmae reference"] == \
+        "yes (2 x 300 sampled points, max diff 0.0e+00)"
+    assert rows["pcmae backend='torch' (chunked)"]["note"].startswith("skipped")
+    right = tool.nearest_sq_dist
+    monkeypatch.setattr(tool, "nearest_sq_dist", lambda a, b: (right(a, b)[0] * 1.001, right(a, b)[1]))
+    assert tool.sampled_nearest_check(xyz, other, 50, seed=0).startswith("NO (2 x 50 sampled points")

@@ -1,15 +1,19 @@
 #!/usr/bin/env python
 """Speed of pcmae against the libraries it could have used, all measured in one run, as markdown tables.
 
-    python tools/benchmark.py [--sections ops,train,voxelize,lidar_step,converters,detector,transformer_bev] [--sizes 1000,8000,100000] [--repeats 3] [--device cpu]
+    python tools/benchmark.py [--sections ops,train,voxelize,lidar_step,converters,detector,transformer_bev] [--sizes 1000,8000,100000] [--voxel-sizes 100000,1000000,2000000] [--threads 1,2] [--repeats 3] [--device cpu]
 
-Each time is the median of ``--repeats`` calls after one warm-up call (one call when the warm-up took
-longer than ``SLOW_CALL_S``). Sections:
+One timing rule for every pair (benchmarks/timing.py): each implementation is called once to warm up, then
+``--repeats`` times, the implementations interleaved call by call, and the median is reported. The ops and
+voxelize sections run once per ``--threads`` value, with that many threads in torch and in every OpenMP / BLAS
+runtime of the process (pykdtree's included, via threadpoolctl); fpsample and spconv's voxelizer are serial
+C++. Every equality column is computed. Sections:
   ops       farthest point sampling, kNN (k=32) and Chamfer-L2 (forward + backward) on uniform random clouds
-            in the unit cube, against a plain torch loop, each fpsample variant, scipy's cKDTree, dense cdist;
+            in the unit cube, against a plain torch loop, each fpsample variant, raw pykdtree, scipy's cKDTree,
+            dense cdist; Chamfer too big for its reference is checked on sampled points by brute force;
   train     Point-MAE training steps per second at batch 32 (benchmarks/train.py);
-  voxelize  voxelization 10k -> 2M points with fitted exponents, against torch.unique and spconv's
-            PointToVoxel (benchmarks/voxelize.py);
+  voxelize  voxelization of 0.1-2M real (tiled KITTI) points with and without a cap, against torch.unique on a
+            flat int64 key and spconv's PointToVoxel, same voxels / counts / means computed (benchmarks/voxelize.py);
   lidar_step  voxel tokenizer + one Voxel-MAE training step on a full KITTI sweep, time and peak memory, for
             the transformer and the spconv backbone (benchmarks/lidar_step.py);
   converters  frames per second per worker of each data converter, 1 and 2 workers (benchmarks/converters.py);
@@ -26,7 +30,6 @@ import argparse
 import importlib.metadata
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -40,9 +43,12 @@ from benchmarks import converters  # noqa: E402
 from benchmarks.detector import bench_detector, bench_transformer_bev  # noqa: E402
 from benchmarks.lidar_step import bench_lidar_step  # noqa: E402
 from benchmarks.train import bench_train  # noqa: E402
-from benchmarks.voxelize import bench_voxelize, fit_exponent  # noqa: E402
-from pcmae.ops import chamfer_distance, farthest_point_sample, farthest_point_sample_reference, knn, knn_reference
-from pcmae.ops.fps import _bucket_height, auto_backend
+from benchmarks.timing import median_ms, torch_threads  # noqa: E402
+from benchmarks.voxelize import bench_voxelize, format_rows  # noqa: E402
+from pcmae.ops import (chamfer_distance, farthest_point_sample, farthest_point_sample_reference, knn,  # noqa: E402
+                       knn_reference, nearest_sq_dist)
+from pcmae.ops.fps import _bucket_height, auto_backend  # noqa: E402
+from pcmae.ops.knn import KDTree  # noqa: E402  (None without pykdtree)
 
 try:
     import fpsample
@@ -53,39 +59,17 @@ try:
 except ImportError:
     cKDTree = None
 
-SLOW_CALL_S = 2.0
 DENSE_LIMIT_BYTES = 2 << 30  # skip dense Chamfer above this matrix size
 TORCH_PAIRS_LIMIT_CPU = 4e9  # skip chunked-torch Chamfer above this many point pairs on CPU (~minutes)
 KNN_K = 32
+CHAMFER_SAMPLES = 2000  # points per cloud checked by brute force when the full reference is too big
 
 
 # ------------------------------------------------------------------------------------------- timing
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn`` in milliseconds, after one warm-up call."""
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    warm_up = time.perf_counter() - start
-    if warm_up > SLOW_CALL_S:
-        return warm_up * 1e3
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-def row(op: str, n: int, work: str, impl: str, ms: float | None, same: str = "", note: str = "") -> dict:
-    return {"op": op, "N": n, "work": work, "implementation": impl,
+def row(op: str, n: int, threads: int, work: str, impl: str, ms: float | None, same: str = "",
+        note: str = "") -> dict:
+    return {"op": op, "N": n, "threads": threads, "work": work, "implementation": impl,
             "median ms": "-" if ms is None else f"{ms:.2f}", "= pcmae reference": same, "note": note}
 
 
@@ -101,7 +85,7 @@ def fps_samples(n: int) -> int:
 
 
 def fpsample_variants(n: int) -> dict[str, Callable[[np.ndarray, int], np.ndarray]]:
-    """fpsample's own functions, started at index 0 where they honour it."""
+    """fpsample's own functions (serial C++), started at index 0 where they honour it."""
     if fpsample is None:
         return {}
     h = _bucket_height(n)  # the height pcmae's backend='bucket' uses
@@ -115,55 +99,92 @@ def fpsample_variants(n: int) -> dict[str, Callable[[np.ndarray, int], np.ndarra
     }
 
 
-def bench_fps(xyz: torch.Tensor, repeats: int) -> list[dict]:
+def bench_fps(xyz: torch.Tensor, repeats: int, threads: int) -> list[dict]:
+    """Every FPS implementation, same threads, same rule (warm-up + interleaved median), picks compared with the
+    reference loop's."""
     n, m = xyz.shape[1], fps_samples(xyz.shape[1])
     work, device = f"1 x {n} -> {m} samples", xyz.device
-    expected = farthest_point_sample_reference(xyz, m)
     auto = auto_backend(xyz)
     impls = {f"pcmae farthest_point_sample (auto = {auto})": lambda: farthest_point_sample(xyz, m),
              "pcmae reference (torch loop)": lambda: farthest_point_sample_reference(xyz, m)}
-    if device.type == "cpu" and fpsample is not None:
-        impls["pcmae backend='fpsample' (exact)"] = lambda: farthest_point_sample(xyz, m, backend="fpsample")
-        impls["pcmae backend='bucket' (ties may differ)"] = lambda: farthest_point_sample(xyz, m, backend="bucket")
-    rows = [row("FPS", n, work, name, time_ms(fn, repeats, device), yes_no(torch.equal(fn().cpu(), expected.cpu())))
-            for name, fn in impls.items()]
+    notes = {}
     if device.type == "cpu":
-        cloud = xyz[0].numpy()
-        for name, fn in fpsample_variants(n).items():
-            picks = torch.from_numpy(fn(cloud, m).astype(np.int64))
-            note = f"starts at {int(picks[0])}" if picks[0] != 0 else ""
-            rows.append(row("FPS", n, work, name, time_ms(lambda: fn(cloud, m), repeats, device),
-                            yes_no(torch.equal(picks, expected[0])), note))
+        impls["pcmae backend='pruned' (exact)"] = lambda: farthest_point_sample(xyz, m, backend="pruned")
+        if fpsample is not None:
+            impls["pcmae backend='fpsample' (exact)"] = lambda: farthest_point_sample(xyz, m, backend="fpsample")
+            impls["pcmae backend='bucket' (ties may differ)"] = \
+                lambda: farthest_point_sample(xyz, m, backend="bucket")
+            cloud = xyz[0].numpy()
+            for name, fn in fpsample_variants(n).items():
+                impls[name] = (lambda f: lambda: torch.from_numpy(f(cloud, m).astype(np.int64))[None])(fn)
+                notes[name] = "serial C++"
+    expected = farthest_point_sample_reference(xyz, m).cpu()
+    times = median_ms(impls, repeats, device)
+    rows = []
+    for name, fn in impls.items():
+        picks = fn().cpu()
+        note = notes.get(name, "")
+        if int(picks[0, 0]) != 0:
+            note = f"{note}; starts at {int(picks[0, 0])}".lstrip("; ")
+        rows.append(row("FPS", n, threads, work, name, times[name], yes_no(torch.equal(picks, expected)), note))
     return rows
 
 
-def bench_knn(xyz: torch.Tensor, repeats: int) -> list[dict]:
+def same_neighbours(dist2: torch.Tensor, idx: torch.Tensor, ref_dist: torch.Tensor, ref_idx: torch.Tensor) -> str:
+    """Computed: the same neighbour indices as the reference (sets per query, so the order of exactly equal
+    distances does not count) and the largest squared-distance difference."""
+    same_idx = torch.equal(idx.long().sort(dim=-1).values, ref_idx.long().sort(dim=-1).values)
+    diff = float((dist2.double() - ref_dist.double()).abs().max())
+    if torch.equal(idx.long(), ref_idx.long()) and diff == 0:
+        return "yes"
+    return f"{yes_no(same_idx)} (index sets; max dist2 diff {diff:.1e})"
+
+
+def bench_knn(xyz: torch.Tensor, repeats: int, threads: int) -> list[dict]:
     n, device = xyz.shape[1], xyz.device
     query = xyz[:, farthest_point_sample(xyz, fps_samples(n))[0]]
     work = f"{query.shape[1]} FPS centers, k={KNN_K}"
     ref_dist, ref_idx = knn_reference(query, xyz, KNN_K)
-    rows = []
-
-    def same(dist2: torch.Tensor, idx: torch.Tensor) -> str:
-        return yes_no(torch.equal(idx.cpu(), ref_idx.cpu()) and torch.equal(dist2.cpu(), ref_dist.cpu()))
-
-    for name, fn in {"pcmae knn (auto)": lambda: knn(query, xyz, KNN_K),
-                     "pcmae reference (chunked torch)": lambda: knn_reference(query, xyz, KNN_K)}.items():
-        rows.append(row("kNN", n, work, name, time_ms(fn, repeats, device), same(*fn())))
-    if cKDTree is not None and device.type == "cpu":
+    impls = {"pcmae knn (auto)": lambda: knn(query, xyz, KNN_K),
+             "pcmae reference (chunked torch)": lambda: knn_reference(query, xyz, KNN_K)}
+    notes = {}
+    if device.type == "cpu":
         cloud, centers = xyz[0].numpy(), query[0].numpy()
+        if KDTree is not None:
+            def raw_pykdtree():
+                dist2, idx = KDTree(cloud).query(centers, k=KNN_K, sqr_dists=True)
+                return torch.from_numpy(dist2)[None], torch.from_numpy(idx.astype(np.int64))[None]
 
-        def scipy_knn():
-            return cKDTree(cloud).query(centers, k=KNN_K, workers=-1)
+            impls["pykdtree (build + query, raw)"] = raw_pykdtree
+            notes["pykdtree (build + query, raw)"] = "what pcmae's kdtree backend wraps"
+        if cKDTree is not None:
+            def scipy_knn():
+                dist, idx = cKDTree(cloud).query(centers, k=KNN_K, workers=threads)
+                return torch.from_numpy(dist * dist)[None], torch.from_numpy(idx.astype(np.int64))[None]
 
-        dist, idx = scipy_knn()
-        same_idx = torch.equal(torch.from_numpy(idx.astype(np.int64))[None], ref_idx)
-        rows.append(row("kNN", n, work, "scipy cKDTree (build + query, all cores)", time_ms(scipy_knn, repeats, device),
-                        yes_no(same_idx), "distances not squared"))
-    return rows
+            impls["scipy cKDTree (build + query)"] = scipy_knn
+            notes["scipy cKDTree (build + query)"] = "distances squared after the query"
+    times = median_ms(impls, repeats, device)
+    return [row("kNN", n, threads, work, name, times[name], same_neighbours(*fn(), ref_dist, ref_idx),
+                notes.get(name, "")) for name, fn in impls.items()]
 
 
-def bench_chamfer(xyz: torch.Tensor, other: torch.Tensor, repeats: int) -> list[dict]:
+def sampled_nearest_check(x: torch.Tensor, y: torch.Tensor, samples: int, seed: int) -> str:
+    """Chamfer too big for the reference: the nearest squared distance of ``samples`` random points of each cloud,
+    by brute force over the whole other cloud, against pcmae's (the terms the loss averages), computed."""
+    g = torch.Generator().manual_seed(seed)
+    worst, mismatches = 0.0, 0
+    for a, b in ((x, y), (y, x)):
+        pick = torch.randperm(a.shape[1], generator=g)[:samples].to(a.device)
+        sub = a.detach()[:, pick]
+        got, _ = nearest_sq_dist(sub, b.detach())
+        expected = knn_reference(sub, b.detach(), 1)[0][..., 0]
+        mismatches += int((got != expected).sum())
+        worst = max(worst, float((got - expected).abs().max()))
+    return f"{yes_no(mismatches == 0)} (2 x {samples} sampled points, max diff {worst:.1e})"
+
+
+def bench_chamfer(xyz: torch.Tensor, other: torch.Tensor, repeats: int, threads: int) -> list[dict]:
     n, device = xyz.shape[1], xyz.device
     work = f"1 x {n} vs {n}, forward + backward"
     x, y = xyz.clone().requires_grad_(), other.clone().requires_grad_()
@@ -173,65 +194,78 @@ def bench_chamfer(xyz: torch.Tensor, other: torch.Tensor, repeats: int) -> list[
             x.grad = y.grad = None
             loss = fn()
             loss.backward()
-            return loss.detach()
+            return loss.detach(), x.grad.clone(), y.grad.clone()
         return run
 
     def dense():
         d = torch.cdist(x, y) ** 2
         return d.min(dim=2).values.mean() + d.min(dim=1).values.mean()
 
+    def close(got, want, rtol: float) -> str:
+        """Loss and both gradients against the reference's, computed: the loss's relative difference, and the
+        points whose gradient differs by more than rtol of the largest gradient (another nearest neighbour)."""
+        loss, grads = got[0], got[1:]
+        loss_diff = float((loss - want[0]).abs() / want[0].abs().clamp_min(1e-30))
+        scale = max(float(w.abs().max()) for w in want[1:])
+        differ = sum(int(((g - w).abs() > rtol * scale).any(dim=-1).sum()) for g, w in zip(grads, want[1:]))
+        total = sum(g.shape[0] * g.shape[1] for g in grads)
+        ok = loss_diff <= rtol and differ == 0
+        return f"{yes_no(ok)} (loss rel diff {loss_diff:.1e}; {differ} of {total} point gradients differ)"
+
+    auto = step(lambda: chamfer_distance(x, y))
     reference = step(lambda: chamfer_distance(x, y, backend="torch"))
+    impls, notes = {"pcmae chamfer_distance (auto)": auto}, {}
     pairs = 2.0 * n * n
-    skip_torch = device.type == "cpu" and pairs > TORCH_PAIRS_LIMIT_CPU
-    expected = step(lambda: chamfer_distance(x, y))()
-    rows = [row("Chamfer-L2", n, work, "pcmae chamfer_distance (auto)",
-                time_ms(step(lambda: chamfer_distance(x, y)), repeats, device), "yes")]
-    if skip_torch:
-        rows.append(row("Chamfer-L2", n, work, "pcmae backend='torch' (chunked)", None, "",
-                        f"skipped ({pairs:.1e} point pairs on CPU)"))
-    else:
-        close = torch.allclose(reference(), expected, rtol=1e-5, atol=0)
-        rows.append(row("Chamfer-L2", n, work, "pcmae backend='torch' (chunked)", time_ms(reference, repeats, device),
-                        yes_no(close)))
+    run_reference = not (device.type == "cpu" and pairs > TORCH_PAIRS_LIMIT_CPU)
+    if run_reference:
+        impls["pcmae backend='torch' (chunked)"] = reference
     dense_bytes = n * n * xyz.element_size()
+    if dense_bytes <= DENSE_LIMIT_BYTES:
+        impls["dense torch.cdist"] = step(dense)
+        notes["dense torch.cdist"] = "mm-based distances: equal up to rounding"
+    times = median_ms(impls, repeats, device)
+    expected = reference() if run_reference else None
+    rows = []
+    for name, fn in impls.items():
+        if name == "pcmae backend='torch' (chunked)":
+            same = "(is the reference)"
+        elif expected is not None:
+            same = close(fn(), expected, 1e-5 if name.startswith("pcmae") else 1e-3)
+        elif name.startswith("pcmae"):
+            same = sampled_nearest_check(x, y, CHAMFER_SAMPLES, seed=n)
+        else:
+            same = "not checked"
+        rows.append(row("Chamfer-L2", n, threads, work, name, times[name], same, notes.get(name, "")))
+    if not run_reference:
+        rows.append(row("Chamfer-L2", n, threads, work, "pcmae backend='torch' (chunked)", None, "",
+                        f"skipped ({pairs:.1e} point pairs on CPU)"))
     if dense_bytes > DENSE_LIMIT_BYTES:
-        rows.append(row("Chamfer-L2", n, work, "dense torch.cdist", None, "",
+        rows.append(row("Chamfer-L2", n, threads, work, "dense torch.cdist", None, "",
                         f"skipped (would allocate {dense_bytes / 2**30:.1f} GiB)"))
-    else:
-        close = torch.allclose(step(dense)(), expected, rtol=1e-4, atol=0)
-        rows.append(row("Chamfer-L2", n, work, "dense torch.cdist", time_ms(step(dense), repeats, device),
-                        yes_no(close), "mm-based distances: equal up to rounding"))
     return rows
 
 
 def bench_ops(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
     rows = []
-    for n in args.sizes:
-        g = torch.Generator().manual_seed(n)
-        xyz = torch.rand(1, n, 3, generator=g).to(device)
-        other = torch.rand(1, n, 3, generator=g).to(device)
-        rows += bench_fps(xyz, args.repeats)
-        rows += bench_knn(xyz, args.repeats)
-        rows += bench_chamfer(xyz, other, args.repeats)
+    for threads in args.threads:
+        with torch_threads(threads) as used:
+            for n in args.sizes:
+                g = torch.Generator().manual_seed(n)
+                xyz = torch.rand(1, n, 3, generator=g).to(device)
+                other = torch.rand(1, n, 3, generator=g).to(device)
+                rows += bench_fps(xyz, args.repeats, used)
+                rows += bench_knn(xyz, args.repeats, used)
+                rows += bench_chamfer(xyz, other, args.repeats, used)
     return rows
 
 
 # ------------------------------------------------------------------------------- sections in benchmarks/
 
 def bench_voxelize_section(args: argparse.Namespace) -> list[dict]:
-    """Voxelization 10k -> 2M points (KITTI range, 0.05 x 0.05 x 0.1 m, cap 5), with each method's fitted
-    exponent of time ~ N^e."""
-    rows = bench_voxelize(args.voxel_sizes, args.repeats, device=args.device)
-    out = [{"method": r["method"], "points": r["points"], "voxels": r["voxels"], "ms": f"{1e3 * r['seconds']:.1f}",
-            "ns / point": f"{1e9 * r['seconds'] / r['points']:.0f}", "exponent": ""} for r in rows]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
-        if len(mine) > 1:
-            exponent = fit_exponent([r["points"] for r in mine], [r["seconds"] for r in mine])
-            out.append({"method": method, "points": "fit", "voxels": "", "ms": "", "ns / point": "",
-                        "exponent": f"{exponent:.2f}"})
-    return out
+    """Voxelization of tiled real KITTI sweeps (KITTI range, 0.05 x 0.05 x 0.1 m, cap 5 and no cap), pcmae against
+    torch.unique on a flat key and spconv's PointToVoxel, same threads, equality columns computed."""
+    return format_rows(bench_voxelize(args.voxel_sizes, args.repeats, args.threads, device=args.device))
 
 
 def bench_converters_section(args: argparse.Namespace) -> list[dict]:
@@ -284,8 +318,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {', '.join(SECTIONS)}")
     parser.add_argument("--sizes", default="1000,8000,100000", help="comma-separated point counts (ops)")
-    parser.add_argument("--voxel-sizes", default="10000,100000,1000000,2000000",
+    parser.add_argument("--voxel-sizes", default="100000,1000000,2000000",
                         help="comma-separated point counts (voxelize)")
+    parser.add_argument("--threads", default="1,2",
+                        help="comma-separated thread counts; ops and voxelize run once per value (same for all sides)")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per row (train)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -297,9 +333,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     try:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
         args.voxel_sizes = [int(s) for s in args.voxel_sizes.split(",") if s.strip()]
+        args.threads = [int(s) for s in args.threads.split(",") if s.strip()]
     except ValueError:
-        parser.error(f"--sizes / --voxel-sizes must be comma-separated integers, got {args.sizes!r}, "
-                     f"{args.voxel_sizes!r}")
+        parser.error(f"--sizes / --voxel-sizes / --threads must be comma-separated integers, got {args.sizes!r}, "
+                     f"{args.voxel_sizes!r}, {args.threads!r}")
+    if not args.threads or min(args.threads) < 1:
+        parser.error("--threads needs counts >= 1")
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
