@@ -84,7 +84,9 @@ def _measure(name: str, repeats: int, queue) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
         step_times.append(time.perf_counter() - start)
-    queue.put({"backbone": name, "sweep": source, "points": len(points), "voxels": len(tokens.coords),
+    threads = f"{torch.get_num_threads()}" + (" (spconv calls: 1, race workaround)" if name == "sparse_conv" else "")
+    queue.put({"backbone": name, "threads": threads, "sweep": source, "points": len(points),
+               "voxels": len(tokens.coords),
                "tokenizer ms": f"{1e3 * statistics.median(token_times[1:]):.0f}",
                "train step s": f"{statistics.median(step_times[1:]):.2f}",
                "peak memory MB": f"{_status_mb('VmHWM') - before:.0f}"})

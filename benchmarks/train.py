@@ -68,7 +68,8 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
         model = PointMAE(**cfg).to(device).train()
         steps = time_steps(model, points, args.steps, amp)
         step_s = statistics.median(steps)
-        rows.append({"model": name, "precision": "bf16 autocast" if amp else "float32", "batch": batch,
+        rows.append({"model": name, "precision": "bf16 autocast" if amp else "float32",
+                     "threads": torch.get_num_threads(), "batch": batch,
                      "points": num_points, "s / step": f"{step_s:.2f}", "steps / s": f"{1 / step_s:.2f}",
                      "clouds / s": f"{batch / step_s:.0f}",
                      "tokenizer (FPS + kNN) ms": f"{1e3 * time_tokenizer(model, points, args.steps):.0f}"})
