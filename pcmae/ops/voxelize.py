@@ -213,12 +213,10 @@ def _inside_bounds(low: float, high: float, size: float, cells: int, dtype: torc
 
 
 def voxelize_torch_reference(points: torch.Tensor, batch_idx: torch.Tensor, voxel_size: Sequence[float],
-             point_cloud_range: Sequence[float], max_points_per_voxel: int | None = None,
-             batch_size: int | None = None) -> Voxels:
+                             point_cloud_range: Sequence[float], max_points_per_voxel: int | None = None,
+                             batch_size: int | None = None) -> Voxels:
     """:func:`voxelize` as one stable sort of the keys of all points (outside ones last): same arguments, same
-    result; simpler and slower (float64 cells and a 64-bit sort of every point).
-
-    """
+    result; simpler and slower (float64 cells, (N, 3) temporaries and a 64-bit sort of every point)."""
     voxel_size, point_cloud_range, grid = _geometry(voxel_size, point_cloud_range)
     batch_size = _check_inputs(points, batch_idx, max_points_per_voxel, batch_size)
     gx, gy, gz = grid
