@@ -2,7 +2,10 @@
 small files written here, plus the error paths (wrong size, NaN, empty, truncated, unknown extension)."""
 from __future__ import annotations
 
+import struct
 import sys
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -395,3 +398,163 @@ def test_unknown_extension_and_missing_file(tmp_path):
         load_points(tmp_path / "nothere.pcd")
     with pytest.raises(ValueError, match="columns/layout apply to raw arrays"):
         load_points(tmp_path / "nothere.pcd", layout="kitti")
+
+
+# --- header counts checked before allocating (issue 8, section 6) --------------------------------------------
+
+def _patched_copy(source, target, offset, fmt, value):
+    raw = bytearray(source.read_bytes())
+    struct.pack_into(fmt, raw, offset, value)
+    target.write_bytes(bytes(raw))
+    return target
+
+
+def _peak_bytes(call):
+    """(result or exception, traced peak bytes) of ``call()``."""
+    tracemalloc.start()
+    try:
+        try:
+            result = call()
+        except Exception as err:  # noqa: BLE001 - returned to the test
+            result = err
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("name", ["simple.las", "simple.laz"])
+def test_las_claiming_50m_points_raises_without_allocating(tmp_path, name):
+    """Before: 1.7 GB allocated, then the 1,065 real points returned (.las) or a raw lazrs.LazrsError (.laz)."""
+    path = _patched_copy(shared_data_path("laspy", "tests", "data", name), tmp_path / name, 107, "<I", 50_000_000)
+    error, peak = _peak_bytes(lambda: read_las(path))
+    assert isinstance(error, PointCloudFormatError), error
+    assert name in str(error) and "declares 50000000 points" in str(error)
+    assert peak < 16 * 2**20  # one 65536-point chunk at most
+
+
+def test_las_vlr_count_0xffffffff_raises_at_once(tmp_path):
+    """Before: laspy looped over 4 billion VLRs with growing memory."""
+    path = _patched_copy(shared_data_path("laspy", "tests", "data", "simple.las"), tmp_path / "vlr.las",
+                         100, "<I", 0xFFFFFFFF)
+    started = time.perf_counter()
+    with pytest.raises(PointCloudFormatError, match=r"vlr\.las: header declares 4294967295 VLRs"):
+        read_las(path)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_las14_counts_and_evlrs_are_checked(tmp_path):
+    source = shared_data_path("laspy", "tests", "data", "1_4_w_evlr.las")
+    legacy = _patched_copy(source, tmp_path / "legacy.las", 107, "<I", 50_000_000)
+    with pytest.raises(PointCloudFormatError, match=r"legacy\.las: LAS 1\.4 header declares 1000 points.*50000000"):
+        read_las(legacy)
+    evlrs = _patched_copy(source, tmp_path / "evlr.las", 243, "<I", 0xFFFFFFFF)
+    with pytest.raises(PointCloudFormatError, match=r"evlr\.las: header declares 4294967295 extended VLRs"):
+        read_las(evlrs)
+    cut = tmp_path / "cut.las"
+    cut.write_bytes(source.read_bytes()[:-1])  # the last EVLR loses a byte
+    with pytest.raises(PointCloudFormatError, match=r"cut\.las: truncated: an extended VLR"):
+        read_las(cut)
+
+
+@pytest.mark.parametrize("major, minor", [(1, 9), (2, 2), (0, 0)])
+def test_bad_las_version_byte_is_a_format_error(tmp_path, major, minor):
+    """Before: version 1.9 gave a bare struct.error, 2.2 was read as if it were 1.2."""
+    path = tmp_path / "version.las"
+    raw = bytearray(shared_data_path("laspy", "tests", "data", "simple.las").read_bytes())
+    raw[24], raw[25] = major, minor
+    path.write_bytes(bytes(raw))
+    with pytest.raises(PointCloudFormatError, match=rf"version\.las: unsupported LAS version byte\(s\) {major}\.{minor}"):
+        read_las(path)
+
+
+def test_damaged_laz_is_a_format_error_naming_the_file(tmp_path):
+    """Before: 22 of 54 damaged .laz gave lazrs.LazrsError without a file name."""
+    raw = shared_data_path("laspy", "tests", "data", "simple.laz").read_bytes()
+    cut = tmp_path / "cut.laz"
+    cut.write_bytes(raw[:len(raw) // 2])
+    with pytest.raises(PointCloudFormatError, match=r"cut\.laz: corrupt or truncated LAZ point data"):
+        read_las(cut)
+    flipped = bytearray(raw)
+    flipped[6391] ^= 0x5A
+    (tmp_path / "flip.laz").write_bytes(bytes(flipped))
+    with pytest.raises(PointCloudFormatError, match=r"flip\.laz"):
+        read_las(tmp_path / "flip.laz")
+
+
+def test_tiny_binary_compressed_pcd_claiming_4gb_is_refused_before_allocating(tmp_path):
+    """Before: a 193-byte file made the LZF decoder allocate its 4.2 GB output buffer from the header."""
+    points = (2**32 - 1) // 12
+    header = (f"VERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH {points}\nHEIGHT 1\n"
+              f"POINTS {points}\nDATA binary_compressed\n").encode()
+    body = bytes([31]) + bytes(32) + bytes([0xE0, 0xFF, 0x00]) * 10  # a valid start, then repeats
+    path = tmp_path / "tiny.pcd"
+    path.write_bytes(header + struct.pack("<II", len(body), points * 12) + body)
+    assert path.stat().st_size < 256
+    error, peak = _peak_bytes(lambda: load_points(path))
+    assert isinstance(error, PointCloudFormatError) and "tiny.pcd" in str(error) and "88x" in str(error), error
+    assert peak < 2**20
+    with pytest.raises(ValueError, match="cannot expand"):
+        lzf_decompress(body, 10**9)
+
+
+@pytest.mark.parametrize("line, message", [("POINTS -5", "bad PCD header: POINTS -5 must equal WIDTH 50"),
+                                           ("WIDTH 50000000", "bad PCD header: POINTS 50 must equal WIDTH 50000000"),
+                                           ("COUNT 0 1 1 2 1 1 1", "bad PCD header COUNT 0 1 1 2 1 1 1")])
+def test_pcd_header_counts_must_agree(tmp_path, line, message):
+    """Before: POINTS -5 read every point of a binary file, WIDTH disagreeing with POINTS was ignored."""
+    path = write_pcd(tmp_path / "h.pcd", _pcd_cloud(), "binary")
+    key = line.split()[0].encode()
+    raw = path.read_bytes()
+    start = raw.index(b"\n" + key) + 1
+    path.write_bytes(raw[:start] + line.encode() + raw[raw.index(b"\n", start):])
+    with pytest.raises(PointCloudFormatError, match=rf"h\.pcd: {message}"):
+        load_points(path)
+
+
+def test_ply_counts_and_faces_are_checked(tmp_path):
+    path = write_ply(tmp_path / "cube.ply", UNIT_CUBE_VERTICES, UNIT_CUBE_QUADS, "binary_little_endian")
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b"element vertex 8", b"element vertex -1"))
+    with pytest.raises(PointCloudFormatError, match=r"cube\.ply: bad PLY header line 'element vertex -1'"):
+        load_points(path)
+    path.write_bytes(raw[:-3])  # the vertices are whole, the last face is cut
+    with pytest.raises(PointCloudFormatError, match=r"cube\.ply: truncated or corrupt binary PLY body"):
+        load_points(path)
+
+
+def test_npy_shape_is_checked_against_the_file_size_before_allocating(tmp_path):
+    """Before: a 3.6 KB .npy whose header says 50 M rows allocated 1.1 GB."""
+    path = tmp_path / "rows.npy"
+    np.save(path, np.zeros((300, 3), np.float32))
+    raw = path.read_bytes()
+    header_end = raw.index(b"\n") + 1
+    text = raw[10:header_end].decode().replace("(300, 3)", "(50000000, 3)")
+    path.write_bytes(raw[:10] + text[:header_end - 11].ljust(header_end - 11).encode() + b"\n" + raw[header_end:])
+    error, peak = _peak_bytes(lambda: load_points(path))
+    assert isinstance(error, PointCloudFormatError) and "rows.npy" in str(error) and "50000000" in str(error), error
+    assert peak < 2**20
+
+
+def test_off_negative_counts_and_face_sizes(tmp_path):
+    path = write_off(tmp_path / "neg.off", UNIT_CUBE_VERTICES, UNIT_CUBE_QUADS)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2] + ["-1 6 0"] + lines[3:]))
+    with pytest.raises(PointCloudFormatError, match=r"neg\.off: bad OFF counts line .*negative"):
+        load_points(path)
+    path.write_text("\n".join(lines[:-1] + ["-3 0 1 2"]))
+    with pytest.raises(PointCloudFormatError, match=r"neg\.off: unreadable OFF body"):
+        load_points(path)
+
+
+def test_object_datasets_check_nonfinite_points(tmp_path):
+    """ShapeNet55 / ModelNet40 read .npy / .txt directly: a NaN point reached the model before."""
+    from pcmae.data.object_datasets import ShapeNet55
+    from tests.fixtures_layouts import write_shapenet55
+    root = write_shapenet55(tmp_path, num_points=64)
+    dataset = ShapeNet55(root, "train", num_points=32, seed=0)
+    path = dataset.pc_dir / dataset.files[0]
+    points = np.load(path)
+    points[5, 1] = np.nan
+    np.save(path, points)
+    with pytest.raises(NonFinitePointsError, match=rf"{path.name}: 1 of 64 points have NaN/inf"):
+        dataset[0]

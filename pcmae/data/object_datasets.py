@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from pcmae.data.transforms import pc_normalize
 from pcmae.io.binary import read_npy
 from pcmae.io.errors import PointCloudFormatError
+from pcmae.io.loader import check_points
 from pcmae.io.text import read_text
 from pcmae.ops import farthest_point_sample
 from pcmae.registry import DATASETS
@@ -117,7 +118,7 @@ class ShapeNet55(Dataset):
         path = self.pc_dir / self.files[index]
         if not path.is_file():
             raise FileNotFoundError(f"ShapeNet-55 point file listed in {self.files[index]!r} not found: {path}")
-        points = read_npy(path)
+        points = check_points(read_npy(path), path)  # non-empty, finite x, y, z
         points = subsample(points, self.num_points, self.sampling, _generator(self.seed, index), path)
         return _item(points[:, :3], self.labels[index], normalize=True)
 
@@ -169,7 +170,7 @@ class ModelNet40(Dataset):
         path = self.files[index]
         if not path.is_file():
             raise FileNotFoundError(f"ModelNet shape file not found: {path}")
-        points = read_text(path)
+        points = check_points(read_text(path), path)
         if self.use_normals and points.shape[1] < 6:
             raise PointCloudFormatError(f"{path}: use_normals needs 6 columns, the file has {points.shape[1]}")
         points = subsample(points, self.num_points, self.sampling, _generator(self.seed, index), path)

@@ -31,12 +31,37 @@ def read_bin(path: str | os.PathLike, columns: int) -> np.ndarray:
     return np.fromfile(path, dtype="<f4").reshape(-1, int(columns))
 
 
+def _npy_header(path: Path) -> tuple:
+    """(shape, dtype, data offset) of a .npy file, checked against its size before any array is allocated."""
+    size = path.stat().st_size
+    with open(path, "rb") as stream:
+        version = np.lib.format.read_magic(stream)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, fortran, dtype = readers[version](stream)
+        offset = stream.tell()
+    if dtype.hasobject:
+        raise ValueError(f"dtype {dtype} holds Python objects (pickles are not read)")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"negative shape {shape}")
+    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if needed != size - offset:
+        raise ValueError(f"header shape {shape} of {dtype} needs {needed} bytes of data, the file has "
+                         f"{size - offset}")
+    return shape, dtype, fortran
+
+
 def read_npy(path: str | os.PathLike) -> np.ndarray:
-    """A 2-D numeric ``.npy`` array (N, C) with C >= 3, as float32."""
+    """A 2-D numeric ``.npy`` array (N, C) with C >= 3, as float32.
+
+    The header's shape is checked against the file size first, so a corrupt shape cannot drive the allocation.
+    """
     path = Path(path)
     try:
+        _npy_header(path)
         array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:  # truncated data, pickled objects, bad magic
+    except (ValueError, OSError, EOFError, SyntaxError) as err:  # truncated data, pickles, bad magic or header
         raise PointCloudFormatError(f"{path}: not a readable .npy array ({err})") from None
     if array.ndim != 2 or array.shape[1] < 3 or not np.issubdtype(array.dtype, np.number):
         raise PointCloudFormatError(

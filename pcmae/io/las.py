@@ -83,9 +83,12 @@ def read_las_header(path: str | os.PathLike) -> LasHeaderInfo:
         raise PointCloudFormatError(f"{path}: bad LAS point format {point_format} / record length {record_length}")
     point_count = legacy_count
     if minor >= 4:
-        if len(raw) < 375:
-            raise PointCloudFormatError(f"{path}: truncated LAS 1.4 header")
-        point_count = struct.unpack_from("<Q", raw, 247)[0]  # laspy reads this one for 1.4
+        point_count, = struct.unpack_from("<Q", raw, 247)  # laspy reads this one for 1.4
+        if legacy_count not in (0, point_count):
+            raise PointCloudFormatError(f"{path}: LAS 1.4 header declares {point_count} points, its legacy "
+                                        f"count field {legacy_count} (must be 0 or equal)")
+        evlr_start, num_evlrs = struct.unpack_from("<QI", raw, 235)
+        _check_evlrs(path, evlr_start, num_evlrs, size)
     data_bytes = size - data_offset
     if not compressed and point_count * record_length > data_bytes:
         raise PointCloudFormatError(
@@ -94,6 +97,25 @@ def read_las_header(path: str | os.PathLike) -> LasHeaderInfo:
     scales, offsets = struct.unpack_from("<3d", raw, 131), struct.unpack_from("<3d", raw, 155)
     return LasHeaderInfo((major, minor), compressed, point_format, record_length, point_count, data_offset,
                          tuple(float(v) for v in scales), tuple(float(v) for v in offsets))
+
+
+def _check_evlrs(path: Path, start: int, count: int, size: int) -> None:
+    """The extended VLRs (LAS 1.4, after the points) must fit the file: 60-byte headers plus their data."""
+    if count == 0:
+        return
+    if start + count * 60 > size:
+        raise PointCloudFormatError(f"{path}: header declares {count} extended VLRs from byte {start}, "
+                                    f"the file has {size} bytes")
+    with open(path, "rb") as stream:
+        for _ in range(count):
+            stream.seek(start)
+            head = stream.read(60)
+            if len(head) < 60:
+                raise PointCloudFormatError(f"{path}: truncated: extended VLR header at byte {start}")
+            start += 60 + struct.unpack_from("<Q", head, 20)[0]
+            if start > size:
+                raise PointCloudFormatError(f"{path}: truncated: an extended VLR ends at byte {start}, "
+                                            f"the file has {size} bytes")
 
 
 def las_header_offset(path: str | os.PathLike) -> Tuple[float, float, float]:
@@ -154,7 +176,9 @@ def read_las(path: str | os.PathLike, fields: Sequence[str] = (), origin: Origin
     except RuntimeError as err:  # lazrs.LazrsError: corrupt or truncated compressed points
         if type(err).__name__ != "LazrsError":
             raise
-        raise PointCloudFormatError(f"{path}: corrupt or truncated LAZ point data ({err})") from None
+        done = sum(len(part) for part in parts)
+        raise PointCloudFormatError(f"{path}: corrupt or truncated LAZ point data: the header declares "
+                                    f"{header.point_count} points, decoding failed after {done} ({err})") from None
     points = np.concatenate(parts) if parts else np.zeros((0, 3 + len(fields)))
     if len(points) != header.point_count:
         raise PointCloudFormatError(f"{path}: header declares {header.point_count} points, "

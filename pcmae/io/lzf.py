@@ -6,12 +6,16 @@ pointer-jumping decoder measured 1.6 s there against 0.27 s for this loop (300k 
 """
 from __future__ import annotations
 
+LZF_MAX_RATIO = 88  # the longest token (3 bytes) copies 264 bytes: no stream expands more than 88x
+
 
 def lzf_decompress(data: bytes, out_size: int) -> bytes:
     """Decode an LZF stream that must expand to exactly ``out_size`` bytes.
 
     Raises ValueError (without a file name; the caller adds it) on a corrupt or truncated stream.
     """
+    if not 0 <= out_size <= LZF_MAX_RATIO * len(data):
+        raise ValueError(f"{len(data)} LZF bytes cannot expand to {out_size} (at most {LZF_MAX_RATIO}x)")
     src = memoryview(data)
     out = bytearray(out_size)
     ip, op, end = 0, 0, len(src)

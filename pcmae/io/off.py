@@ -31,6 +31,8 @@ def read_off(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         num_vertices, num_faces = int(counts_text[0]), int(counts_text[1])
     except (IndexError, ValueError):
         raise PointCloudFormatError(f"{path}: bad OFF counts line {' '.join(counts_text)!r}") from None
+    if num_vertices < 0 or num_faces < 0:
+        raise PointCloudFormatError(f"{path}: bad OFF counts line {' '.join(counts_text)!r} (negative count)")
     if len(body) < num_vertices + num_faces:
         raise PointCloudFormatError(f"{path}: truncated: {num_vertices} vertices + {num_faces} faces declared, "
                                     f"{len(body)} lines present")
@@ -41,7 +43,7 @@ def read_off(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         for row in body[num_vertices:num_vertices + num_faces]:
             words = row.split()
             size = int(words[0])
-            if len(words) < 1 + size:
+            if size < 0 or len(words) < 1 + size:
                 raise ValueError(f"face line {row!r} lists fewer than {size} indices")
             polygons.append(np.asarray(words[1:1 + size], dtype=np.int64))
     except (ValueError, IndexError) as err:

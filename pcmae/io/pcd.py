@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from pcmae.io.errors import PointCloudFormatError
-from pcmae.io.lzf import lzf_decompress
+from pcmae.io.lzf import LZF_MAX_RATIO, lzf_decompress
 
 _TYPES = {("F", 4): "<f4", ("F", 8): "<f8", ("I", 1): "i1", ("I", 2): "<i2", ("I", 4): "<i4", ("I", 8): "<i8",
           ("U", 1): "u1", ("U", 2): "<u2", ("U", 4): "<u4", ("U", 8): "<u8"}
@@ -71,12 +71,20 @@ def _parse_header(raw: bytes, path) -> PCDHeader:
         raise PointCloudFormatError(f"{path}: PCD header FIELDS/SIZE/TYPE/COUNT lengths differ")
     if data not in ("ascii", "binary", "binary_compressed"):
         raise PointCloudFormatError(f"{path}: unknown PCD DATA kind {data!r}")
+    if min(counts) < 1 or sum(s * c for s, c in zip(sizes, counts)) > max(len(raw), 1024):
+        raise PointCloudFormatError(f"{path}: bad PCD header COUNT {' '.join(map(str, counts))} "
+                                    f"(each field needs 1 or more values, a point fewer bytes than the file)")
+    if width < 0 or height < 1 or points != width * height:
+        raise PointCloudFormatError(f"{path}: bad PCD header: POINTS {points} must equal WIDTH {width} x "
+                                    f"HEIGHT {height} (HEIGHT >= 1)")
     pads = iter(range(len(fields)))
     fields = [f"_pad{next(pads)}" if name == "_" else name for name in fields]
     return PCDHeader(fields, sizes, types, counts, width, height, points, data, offset)
 
 
 def _read_ascii(raw: bytes, header: PCDHeader, dtype: np.dtype, path) -> np.ndarray:
+    if header.points == 0:
+        return np.zeros(0, dtype)
     lines = [line for line in raw[header.data_offset:].decode("ascii", errors="replace").splitlines()
              if line.strip()]
     if len(lines) < header.points:
@@ -124,6 +132,9 @@ def _read_compressed(raw: bytes, header: PCDHeader, dtype: np.dtype, path) -> np
     if uncompressed != expected:
         raise PointCloudFormatError(f"{path}: binary_compressed expands to {uncompressed} bytes, "
                                     f"{header.points} points of {dtype.itemsize} bytes need {expected}")
+    if uncompressed > LZF_MAX_RATIO * compressed:  # checked before the output buffer is allocated
+        raise PointCloudFormatError(f"{path}: binary_compressed claims {compressed} LZF bytes expand to "
+                                    f"{uncompressed}; LZF expands at most {LZF_MAX_RATIO}x (corrupt header)")
     try:
         buffer = lzf_decompress(raw[start + 8:start + 8 + compressed], uncompressed)
     except ValueError as err:

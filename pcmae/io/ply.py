@@ -60,12 +60,19 @@ def _parse_header(raw: bytes, path) -> tuple[str, list, int]:
                 fmt = words[1]
             elif words[0] == "element":
                 elements.append(_Element(words[1], int(words[2])))
+                if elements[-1].count < 0:
+                    raise ValueError("negative count")
             elif words[0] == "property" and words[1] == "list":
-                elements[-1].properties.append((words[4], (_scalar(words[2], path), _scalar(words[3], path))))
+                count_kind = _scalar(words[2], path)
+                if count_kind[0] not in "iu":
+                    raise ValueError("list count type must be an integer")
+                elements[-1].properties.append((words[4], (count_kind, _scalar(words[3], path))))
             elif words[0] == "property":
                 elements[-1].properties.append((words[2], _scalar(words[1], path)))
-        except (IndexError, ValueError):
-            raise PointCloudFormatError(f"{path}: bad PLY header line {line!r}") from None
+        except PointCloudFormatError:
+            raise
+        except (IndexError, ValueError) as err:
+            raise PointCloudFormatError(f"{path}: bad PLY header line {line!r} ({err})") from None
     if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
         raise PointCloudFormatError(f"{path}: unknown PLY format {fmt!r}")
     return fmt, elements, body_start
@@ -85,8 +92,9 @@ def _read_list_element_binary(raw: bytes, offset: int, element: _Element, order:
     if len(element.properties) == 1 and element.properties[0][0] in _FACE_LISTS and element.count:
         count_kind, item_kind = element.properties[0][1]
         first = int(np.frombuffer(raw, order + count_kind, count=1, offset=offset)[0])
-        row = np.dtype([("n", order + count_kind), ("idx", order + item_kind, (max(first, 1),))])
-        if first >= 3 and offset + element.count * row.itemsize <= len(raw):
+        fits = 3 <= first <= (len(raw) - offset) // np.dtype(item_kind).itemsize
+        row = np.dtype([("n", order + count_kind), ("idx", order + item_kind, (first if fits else 1,))])
+        if fits and offset + element.count * row.itemsize <= len(raw):
             rows = np.frombuffer(raw, row, count=element.count, offset=offset)
             if np.all(rows["n"] == first):
                 return rows["idx"].astype(np.int64), offset + element.count * row.itemsize
@@ -96,6 +104,8 @@ def _read_list_element_binary(raw: bytes, offset: int, element: _Element, order:
                 count_dtype, item_dtype = np.dtype(order + kind[0]), np.dtype(order + kind[1])
                 n = int(np.frombuffer(view, count_dtype, count=1, offset=offset)[0])
                 offset += count_dtype.itemsize
+                if n < 0:
+                    raise ValueError(f"negative list length {n}")
                 values = np.frombuffer(view, item_dtype, count=n, offset=offset)
                 offset += n * item_dtype.itemsize
                 if name in _FACE_LISTS:
@@ -123,9 +133,7 @@ def _read_binary(raw, fmt, elements, offset, path, want_faces):
                 offset += element.count * dtype.itemsize
             elif element.name == "face" and want_faces:
                 faces, offset = _read_list_element_binary(raw, offset, element, order, path)
-            elif vertices is not None:
-                break  # nothing after the vertices is needed
-            else:
+            else:  # walked even when not needed: a truncated file is an error, not a silent half read
                 _, offset = _read_list_element_binary(raw, offset, element, order, path)
     except (ValueError, IndexError) as err:
         if isinstance(err, PointCloudFormatError):
@@ -161,7 +169,10 @@ def _read_ascii(raw, elements, offset, path, want_faces):
             position = next((i for i, name in enumerate(names) if name in _FACE_LISTS), None)
             if position != 0:
                 raise PointCloudFormatError(f"{path}: ascii faces must start with a vertex_indices list")
-            faces = [np.array(row.split()[1:1 + int(row.split()[0])], dtype=np.int64) for row in rows]
+            try:
+                faces = [np.array(row.split()[1:1 + int(row.split()[0])], dtype=np.int64) for row in rows]
+            except ValueError as err:
+                raise PointCloudFormatError(f"{path}: unreadable ascii face line ({err})") from None
     return vertices, faces
 
 
@@ -170,8 +181,11 @@ def read_ply(path: str | os.PathLike, faces: bool = False) -> PlyData:
     path = Path(path)
     raw = path.read_bytes()
     fmt, elements, offset = _parse_header(raw, path)
-    if not any(element.name == "vertex" for element in elements):
+    vertex = next((element for element in elements if element.name == "vertex"), None)
+    if vertex is None:
         raise PointCloudFormatError(f"{path}: PLY file has no 'vertex' element")
+    if vertex.has_lists:
+        raise PointCloudFormatError(f"{path}: list properties on the vertex element are not supported")
     if fmt == "ascii":
         vertices, face_lists = _read_ascii(raw, elements, offset, path, faces)
     else:
