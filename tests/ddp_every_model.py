@@ -22,7 +22,7 @@ import torch  # noqa: E402
 # sizes shrunk wherever they appear in a model section (the structure: types, grids, targets, masking, stays)
 TINY_SIZES = {"embed_dim": 16, "depth": 1, "num_heads": 2, "decoder_dim": 16, "decoder_depth": 1,
               "decoder_num_heads": 2, "patch_size": 16, "num_groups": 8, "group_size": 8, "num_pred_points": 4,
-              "hidden_dim": 16}
+              "hidden_dim": 16, "output_channels": 16}
 GRID = dict(voxel_size=[0.4, 0.4, 0.2], point_cloud_range=[-20.0, -20.0, -3.0, 20.0, 20.0, 5.0])  # z: 40 voxels
 SMALL_SPARSE = dict(base_channels=8, output_channels=16, encoder_channels=[[8], [16, 16], [16, 16]],
                     encoder_paddings=[[1], [1, 1], [1, 1]])
@@ -64,9 +64,13 @@ def tiny(section):
 
 
 def config_model(path: str) -> dict:
+    """The config's model section, tiny; a sparse-conv encoder keeps its stages but gets 16 output channels."""
     from pcmae.engine.build import load_checked_config
 
-    return tiny(load_checked_config(REPO / path)["model"])
+    model = tiny(load_checked_config(REPO / path)["model"])
+    if needs_spconv(model):
+        model["backbone"]["sparse_encoder"] = {**model["backbone"].get("sparse_encoder", {}), "output_channels": 16}
+    return model
 
 
 def all_cases() -> dict:

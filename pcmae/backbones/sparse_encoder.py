@@ -83,10 +83,10 @@ def _bev(features: torch.Tensor, indices: torch.Tensor, spatial_shape, batch_siz
     ``out.dense().view(B, C * D, H, W)`` (done here: spconv's ``dense()`` indexes with a list, deprecated in torch)."""
     d, h, w = spatial_shape
     c = features.shape[1]
-    dense = features.new_zeros(batch_size, d, h, w, c)
+    dense = features.new_zeros(batch_size, c, d, h, w)
     b, z, y, x = indices.long().unbind(1)
-    dense[b, z, y, x] = features
-    return dense.permute(0, 4, 1, 2, 3).reshape(batch_size, c * d, h, w)
+    dense.permute(0, 2, 3, 4, 1)[b, z, y, x] = features  # written in place: the reshape below is a view, no copy
+    return dense.view(batch_size, c * d, h, w)
 
 
 class SparseEncoder(nn.Module):
