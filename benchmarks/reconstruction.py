@@ -171,8 +171,9 @@ def table(args) -> None:
     """One README row per (model, sensor): F1 / AUROC / AP of the model and the trivial answers, Chamfer-L2."""
     print("| model | sensor (eval sweeps) | seen in training | in range | occupied | F1 model / all / prior / "
           "neighbour | AUROC model / prior / neighbour | AP model / prior / neighbour | AUROC gain over best "
-          "trivial | Chamfer m^2 model / centers / neighbour copy |")
-    print("|---" * 10 + "|")
+          "trivial | AUROC among queries with the same visible-neighbour count: model / prior | Chamfer m^2 model / "
+          "centers / neighbour copy |")
+    print("|---" * 11 + "|")
     for path in args.results:
         results = json.loads(Path(path).read_text())
         for sensor, r in results["sensors"].items():
@@ -181,10 +182,11 @@ def table(args) -> None:
             auroc = " / ".join(_cell(p[k]["auroc"]) for k in ("model", "range_prior", "neighbour"))
             ap = " / ".join(_cell(p[k]["ap"]) for k in ("model", "range_prior", "neighbour"))
             gain = p["model"]["auroc"] - max(p[k]["auroc"] for k in TRIVIAL)
+            same = " / ".join(_cell(p[k]["auroc_same_neighbours"]) for k in ("model", "range_prior"))
             chamfer = " / ".join(_cell(r["chamfer"].get(k)) for k in ("model", "centers", "neighbour_copy"))
             print(f"| {Path(results['config']).stem} | {sensor} ({r['num_sweeps']}) | "
                   f"{'yes' if r['trained_on_sensor'] else 'no'} | {r['inside_range']['mean']:.2f} | "
-                  f"{r['occupied_rate']:.3f} | {f1} | {auroc} | {ap} | {gain:+.3f} | {chamfer} |")
+                  f"{r['occupied_rate']:.3f} | {f1} | {auroc} | {ap} | {gain:+.3f} | {same} | {chamfer} |")
 
 
 if __name__ == "__main__":

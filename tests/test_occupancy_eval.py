@@ -17,7 +17,7 @@ from pcmae.data import LidarSweeps
 from pcmae.engine.checkpoint import CheckpointError, save_checkpoint
 from pcmae.evaluation.baselines import (RangePrior, neighbour_copy_points, neighbour_fraction, ring_distance,
                                         voxel_point_offsets)
-from pcmae.evaluation.metrics import average_precision, binary_auroc, precision_recall_f1
+from pcmae.evaluation.metrics import average_precision, binary_auroc, precision_recall_f1, stratified_auroc
 from pcmae.evaluation.occupancy import PREDICTORS, evaluate_dataset, fit_range_prior, inside_range
 from pcmae.pretrainers.voxel_mae import VoxelMAE
 from tests.shared_data import shared_data_path
@@ -61,6 +61,19 @@ def test_auroc_and_ap_match_brute_force_with_ties(seed):
     continuous = torch.rand(60, generator=g)
     assert binary_auroc(continuous, labels) == pytest.approx(brute_auroc(continuous, labels), abs=1e-12)
     assert average_precision(continuous, labels) == pytest.approx(brute_ap(continuous, labels), abs=1e-12)
+
+
+def test_stratified_auroc_counts_only_pairs_of_one_stratum():
+    g = torch.Generator().manual_seed(5)
+    scores, labels = torch.randint(0, 4, (50,), generator=g).float(), torch.rand(50, generator=g) < 0.5
+    strata = torch.randint(0, 3, (50,), generator=g)
+    wins = pairs = 0.0
+    for i, j in itertools.product(range(50), range(50)):
+        if labels[i] and not labels[j] and strata[i] == strata[j]:
+            wins += 1.0 if scores[i] > scores[j] else 0.5 if scores[i] == scores[j] else 0.0
+            pairs += 1
+    assert stratified_auroc(scores, labels, strata) == pytest.approx(wins / pairs, abs=1e-12)
+    assert stratified_auroc(strata.float(), labels, strata) == 0.5  # the stratum itself tells nothing within
 
 
 def test_auroc_and_ap_extremes():
@@ -169,6 +182,7 @@ def test_evaluate_dataset_scores_every_predictor(device):
         rows = result["predictors"][name]["by_range"]
         assert sum(row["num_queries"] for row in rows) == result["num_queries"]
         assert 0.0 <= result["predictors"][name]["auroc"] <= 1.0
+    assert result["predictors"]["neighbour"]["auroc_same_neighbours"] == 0.5
     points = torch.as_tensor(dataset[0]["points"])
     assert result["inside_range"]["per_sweep"] == [pytest.approx(inside_range(points[:, :3], PC_RANGE)
                                                                  .float().mean().item())]

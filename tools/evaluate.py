@@ -88,11 +88,12 @@ def print_result(result: dict) -> None:
           f"the model's range: " + ", ".join(f"{v:.3f}" for v in result["inside_range"]["per_sweep"]))
     bins = [row["range_m"] for row in result["predictors"]["model"]["by_range"]]
     bin_names = [f"F1 {lo:g}-{hi:g} m" if math.isfinite(hi) else f"F1 >{lo:g} m" for lo, hi in bins]
-    print("| predictor | precision | recall | F1 | AUROC | AP | " + " | ".join(bin_names) + " |")
-    print("|---" * (6 + len(bins)) + "|")
+    print("| predictor | precision | recall | F1 | AUROC | AP | AUROC, same visible neighbours | "
+          + " | ".join(bin_names) + " |")
+    print("|---" * (7 + len(bins)) + "|")
     for key in PREDICTORS:
         r = result["predictors"][key]
-        cells = [_fmt(r[k]) for k in ("precision", "recall", "f1", "auroc", "ap")]
+        cells = [_fmt(r[k]) for k in ("precision", "recall", "f1", "auroc", "ap", "auroc_same_neighbours")]
         cells += [_fmt(row["f1"]) for row in r["by_range"]]
         print(f"| {NAMES[key]} | " + " | ".join(cells) + " |")
     counts = ", ".join(f"{row['num_queries']} ({_fmt(row['occupied_rate'])})"

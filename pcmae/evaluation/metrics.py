@@ -58,6 +58,21 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return (gain * precision).sum().item()
 
 
+def stratified_auroc(scores: torch.Tensor, labels: torch.Tensor, strata: torch.Tensor) -> float:
+    """AUROC over the (positive, negative) pairs of the same stratum (Q,) int: the probability that a positive
+    scores above a negative of its own stratum (ties one half). With strata = the visible-neighbour count, it is
+    what a score knows beyond that count (the neighbour baseline itself gets 0.5). NaN without such a pair."""
+    scores, labels = _check(scores, labels)
+    total = weight = 0.0
+    for stratum in torch.unique(strata):
+        sel = strata == stratum
+        pairs = float(labels[sel].sum()) * float((~labels[sel]).sum())
+        if pairs > 0:
+            total += binary_auroc(scores[sel], labels[sel]) * pairs
+            weight += pairs
+    return total / weight if weight else float("nan")
+
+
 def score_metrics(scores: torch.Tensor, pred: torch.Tensor, labels: torch.Tensor) -> dict:
     """precision / recall / F1 of ``pred`` and AUROC / AP of ``scores`` for one predictor, all (Q,)."""
     return {**precision_recall_f1(pred, labels), "auroc": binary_auroc(scores, labels),

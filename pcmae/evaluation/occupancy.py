@@ -8,7 +8,9 @@ score per query (``pcmae.evaluation.baselines``):
   range_prior    occupancy rate of the query's distance ring on the training sweeps (occupied when > 0.5);
   all_occupied / none_occupied   constant 1 / 0.
 Scores pooled over all queries: precision / recall / F1 (thresholded), AUROC and average precision (a constant
-gets 0.5 and the occupied rate: only these two say whether a score ranks queries), and F1 per distance bin.
+gets 0.5 and the occupied rate: only these two say whether a score ranks queries), F1 per distance bin, and the
+AUROC among queries with the same number of visible neighbours (what a score knows beyond the neighbour baseline,
+which gets 0.5 there).
 Chamfer-L2 (m^2, the two directions summed) of each hidden-voxel point guess against the real hidden points: the
 model's rebuilt points (models with a point head), one point at each voxel center, and the neighbour copy.
 """
@@ -21,7 +23,7 @@ import torch
 from pcmae.engine.device import model_device, move_to_device
 from pcmae.evaluation.baselines import (RangePrior, neighbour_copy_points, neighbour_fraction, ring_distance,
                                         voxel_point_offsets)
-from pcmae.evaluation.metrics import precision_recall_f1, score_metrics
+from pcmae.evaluation.metrics import precision_recall_f1, score_metrics, stratified_auroc
 from pcmae.ops import chamfer_distance
 
 RANGE_BINS = (0.0, 10.0, 20.0, 30.0, 40.0, math.inf)  # metres, horizontal distance of the query voxel
@@ -130,6 +132,7 @@ def evaluate_dataset(model, dataset, point_cloud_range, prior: RangePrior, seeds
                 chamfer.setdefault(name, []).append(value)
     labels, prob, neighbour, distance = (torch.cat(pooled[k]) for k in keys)
     prior_score = prior(distance).float()
+    neighbour_count = torch.round(neighbour * 26).long()
     scores = {"model": (prob, prob > 0.5), "neighbour": (neighbour, neighbour > 0),
               "range_prior": (prior_score, prior_score > 0.5),
               "all_occupied": (torch.ones_like(prob), torch.ones_like(labels)),
@@ -137,6 +140,7 @@ def evaluate_dataset(model, dataset, point_cloud_range, prior: RangePrior, seeds
     predictors = {}
     for name, (score, pred) in scores.items():
         predictors[name] = {**score_metrics(score, pred, labels),
+                            "auroc_same_neighbours": stratified_auroc(score, labels, neighbour_count),
                             "by_range": _by_range(pred, labels, distance, list(range_bins))}
     result = {"num_sweeps": len(inside), "seeds": list(seeds), "num_queries": len(labels),
               "num_hidden": int(labels.sum()), "occupied_rate": labels.float().mean().item(),
