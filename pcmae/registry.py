@@ -88,7 +88,10 @@ def check_kwargs(fn: Callable, kwargs: Mapping[str, Any], where: str) -> None:
     valid = accepted_kwargs(fn)
     if valid is None:
         return
+    moved = getattr(fn, "moved_keys", {})  # {old key: where it lives now}, for configs of earlier versions
     for key in kwargs:
+        if key in moved:
+            raise ConfigError(f"unknown config key '{where}.{key}': it moved to {moved[key]}")
         if key not in valid:
             raise ConfigError(f"unknown config key '{where}.{key}'{closest(key, valid)}")
 

@@ -171,10 +171,11 @@ def test_parts_are_registry_entries_chosen_by_type():
             ("backbone", {"type": "transformer", "dpeth": 2}, r"unknown config key 'model\.backbone\.dpeth'"),
             ("tokenizer", {"type": "pointnet", "point_channels": 4}, r"'model\.tokenizer\.point_channels' is set by"),
             ("backbone", "transformer", r"'model\.backbone' must be a mapping with 'type'"),
+            ("decoder_depth", 2, r"'model\.decoder_depth': it moved to model\.backbone\.decoder_depth"),
             ("loss_weights", {"chamfer": -1.0}, r"'model\.loss_weights\.chamfer' must be a number >= 0"),
             ("loss_weights", {"occupancy": 0.0}, r"'model\.loss_weights\.occupancy' must be > 0")]:
         with pytest.raises(ConfigError, match=message):
-            VoxelMAE(**{**SMALL, key: cfg})
+            build_model({"type": "VoxelMAE", **SMALL, key: cfg})
 
 
 def test_radial_model_hides_whole_sectors_per_sample(sweeps):

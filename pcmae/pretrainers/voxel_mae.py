@@ -57,6 +57,10 @@ class VoxelMAE(nn.Module):
 
     default_masking = {"type": "random", "ratio": 0.7}
     default_loss_weights = {"occupancy": 1.0, "num_points": 1.0, "chamfer": 1.0}
+    moved_keys = {"embed_dim": "model.tokenizer.embed_dim (pointnet) and model.backbone.embed_dim (transformer)",
+                  **{k: f"model.backbone.{k}" for k in ("depth", "num_heads", "patch_size", "drop_path_rate",
+                                                         "decoder_dim", "decoder_depth", "decoder_num_heads",
+                                                         "sparse_encoder")}}
 
     def __init__(self, point_channels: int = 4, voxel_size=(0.2, 0.2, 0.2),
                  point_cloud_range=(-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), max_points_per_voxel: int = 32,
