@@ -487,8 +487,11 @@ def main() -> int:
     for rows in outcomes.values():
         for o in rows:
             if o.kind == "unclean":
-                key = o.detail.split(":")[0] if not o.detail.startswith("allocated") else "memory blow-up"
-                key = "foreign exception" if key.startswith("foreign") else key
+                key = next((name for name, marker in (("hang", "hang:"), ("memory blow-up", "allocated "),
+                                                      ("memory blow-up", "MemoryError"),
+                                                      ("foreign exception", "foreign "),
+                                                      ("silent garbage", "silent garbage")) if marker in o.detail),
+                           "unnamed error or invalid result")
                 classes[key] = classes.get(key, 0) + 1
                 print(f"  UNCLEAN {o.variant.sample} / {o.variant.label}: {o.detail[:160]}")
     print("unclean by class:", classes)

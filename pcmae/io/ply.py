@@ -50,6 +50,8 @@ def _parse_header(raw: bytes, path) -> tuple[str, list, int]:
     if not raw.startswith(b"ply") or end < 0:
         raise PointCloudFormatError(f"{path}: not a PLY file (no 'ply' magic or no 'end_header')")
     body_start = raw.find(b"\n", end) + 1
+    if body_start == 0:
+        raise PointCloudFormatError(f"{path}: truncated: no line break after 'end_header'")
     fmt, elements = None, []
     for line in raw[:end].decode("ascii", errors="replace").splitlines()[1:]:
         words = line.split()

@@ -23,7 +23,7 @@ def read_text(path: str | os.PathLike) -> np.ndarray:
     lines = _data_lines(path.read_text(errors="replace"))
     declared = None
     first = lines[0].replace(",", " ").split() if lines else []
-    if len(first) == 1 and first[0].isdigit():  # .pts point-count line
+    if len(first) == 1 and first[0].isascii() and first[0].isdigit():  # .pts point-count line
         declared = int(first[0])
         lines = lines[1:]
     if not lines:
