@@ -558,3 +558,31 @@ def test_object_datasets_check_nonfinite_points(tmp_path):
     np.save(path, points)
     with pytest.raises(NonFinitePointsError, match=rf"{path.name}: 1 of 64 points have NaN/inf"):
         dataset[0]
+
+
+def test_laz_item_sizes_must_match_the_record_length(tmp_path):
+    """A flipped byte in the LASzip VLR made laspy allocate 64 KB per point (68 MB for an 18 KB file)."""
+    raw = bytearray(shared_data_path("laspy", "tests", "data", "simple.laz").read_bytes())
+    raw[318] = 250  # high byte of the first item's size (the VLR data starts at byte 281)
+    path = tmp_path / "items.laz"
+    path.write_bytes(bytes(raw))
+    error, peak = _peak_bytes(lambda: read_las(path))
+    assert isinstance(error, PointCloudFormatError), error
+    assert "items.laz: LASzip VLR items take 64034 bytes per point" in str(error) and "is 34" in str(error)
+    assert peak < 4 * 2**20
+
+
+def test_npy_header_length_and_syntax_are_checked(tmp_path):
+    path = tmp_path / "v.npy"
+    np.save(path, np.zeros((300, 3), np.float32))
+    raw = bytearray(path.read_bytes())
+    raw[6] = 2  # version 2.0 reads a 4-byte header length: ~660 MB here, read (and allocated) by numpy before
+    path.write_bytes(bytes(raw))
+    error, peak = _peak_bytes(lambda: load_points(path))
+    assert isinstance(error, PointCloudFormatError) and "v.npy" in str(error) and "past the end" in str(error)
+    assert peak < 2**20
+    raw[6] = 1
+    raw[raw.index(b"(300, 3)")] = ord("[")  # an unclosed bracket: numpy's tokenizer raised TokenError
+    path.write_bytes(bytes(raw))
+    with pytest.raises(PointCloudFormatError, match=r"v\.npy: not a readable \.npy array"):
+        load_points(path)

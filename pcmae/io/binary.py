@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import struct
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +41,18 @@ def _npy_header(path: Path) -> tuple:
         readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
         if version not in readers:
             raise ValueError(f"unsupported .npy format version {version}")
-        shape, fortran, dtype = readers[version](stream)
+        length_format = "<H" if version == (1, 0) else "<I"
+        length_bytes = stream.read(struct.calcsize(length_format))
+        if len(length_bytes) < struct.calcsize(length_format):
+            raise ValueError("truncated header")
+        header_end = stream.tell() + struct.unpack(length_format, length_bytes)[0]
+        if header_end > size:
+            raise ValueError(f"header length runs to byte {header_end}, past the end of the file ({size} bytes)")
+        stream.seek(stream.tell() - len(length_bytes))
+        try:
+            shape, fortran, dtype = readers[version](stream)
+        except tokenize.TokenError as err:  # numpy tokenizes the header dict
+            raise ValueError(f"unparsable header ({err})") from None
         offset = stream.tell()
     if dtype.hasobject:
         raise ValueError(f"dtype {dtype} holds Python objects (pickles are not read)")

@@ -18,7 +18,7 @@ from pcmae.io.errors import PointCloudFormatError
 
 INSTALL_HINT = "pip install pcmae[formats]  (laspy with the lazrs LAZ backend)"
 LOSSY_CAST_TOLERANCE = 1e-3  # metres: largest float32 rounding of a coordinate accepted without an origin
-CHUNK_POINTS = 65536  # points decoded per step
+CHUNK_BYTES = 4 * 2**20  # point records decoded per step (65536 points of 64 bytes)
 
 Origin = Union[None, str, Sequence[float]]
 
@@ -157,7 +157,11 @@ def read_las(path: str | os.PathLike, fields: Sequence[str] = (), origin: Origin
             if unknown:
                 raise PointCloudFormatError(f"{path}: no LAS dimension {unknown[0]!r}; available: "
                                             f"{', '.join(available)}")
-            for chunk in reader.chunk_iterator(CHUNK_POINTS):
+            laz = getattr(reader.point_source, "vlr", None)  # lazrs' view of the LASzip VLR (laspy internals)
+            if laz is not None and laz.item_size() != header.record_length:
+                raise PointCloudFormatError(f"{path}: LASzip VLR items take {laz.item_size()} bytes per point, "
+                                            f"the header's record length is {header.record_length}")
+            for chunk in reader.chunk_iterator(max(1, CHUNK_BYTES // header.record_length)):
                 xyz = np.stack([np.asarray(chunk.x, np.float64), np.asarray(chunk.y, np.float64),
                                 np.asarray(chunk.z, np.float64)], axis=1)
                 if shift is not None:
@@ -193,11 +197,13 @@ def las_to_float32(points: np.ndarray, path, origin: Optional[np.ndarray] = None
     Survey coordinates (x ~ 2.4e6 m) land on a 0.25 m float32 grid; the one-line message names the
     origin to pass (``origin="header"`` when the header offset is near the data, else a corner of the data).
     """
-    cast = points.astype(np.float32)
-    xyz = points[np.isfinite(points[:, :3]).all(axis=1), :3]
+    with np.errstate(over="ignore"):  # beyond float32: inf, reported by check_points
+        cast = points.astype(np.float32)
+    finite = np.isfinite(cast[:, :3]).all(axis=1)
+    xyz = points[finite, :3]
     if not len(xyz):
         return cast
-    worst = float(np.abs(xyz.astype(np.float32).astype(np.float64) - xyz).max())
+    worst = float(np.abs(cast[finite, :3].astype(np.float64) - xyz).max())
     if worst <= LOSSY_CAST_TOLERANCE:
         return cast
     shift = np.zeros(3) if origin is None else np.asarray(origin, np.float64)
