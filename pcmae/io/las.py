@@ -212,7 +212,8 @@ def las_to_float32(points: np.ndarray, path, origin: Optional[np.ndarray] = None
     if np.abs(xyz + shift - header).max() < 4096:  # float32 steps there are <= 0.5 mm
         hint = "origin='header'"
     else:
-        hint = f"origin=({corner[0]:.1f}, {corner[1]:.1f}, {corner[2]:.1f}) (the header offset is far from the data)"
-    where = "coordinates" if origin is None else f"coordinates relative to origin {tuple(shift.tolist())}"
+        hint = (f"origin=({corner[0]:.1f}, {corner[1]:.1f}, {corner[2]:.1f}) (origin='header' would subtract the "
+                f"header offset {tuple(float(v) + 0.0 for v in header)}, too far from the data)")
+    where = "coordinates" if origin is None else f"coordinates relative to origin {tuple((shift + 0.0).tolist())}"
     raise PointCloudFormatError(f"{path}: {where} up to {float(np.abs(xyz).max()):.6g} m lose {worst:.3g} m "
                                 f"in float32 (more than 1 mm); pass {hint} to read them around a local origin")
