@@ -176,6 +176,16 @@ def test_info_file_errors(tmp_path):
         LidarSweeps(root=str(tmp_path), layout="kitti", num_sweeps=2)
 
 
+def test_label_only_entries_are_skipped(tmp_path):
+    """The converters keep labels of frames whose points were lost as flagged entries with no lidar file."""
+    write_bin(tmp_path / "a.bin", [[1.0, 2.0, 3.0, 0.5]])
+    label_only = {"lidar_points": {"lidar_path": "", "num_points": 0}, "label_only": True, "instances": [{}]}
+    dataset = LidarSweeps(info_file=write_info(tmp_path, [label_only, {"lidar_points": {"lidar_path": "a.bin"}}]))
+    assert len(dataset) == 1 and dataset[0]["points"].shape == (1, 4)
+    with pytest.raises(InfoFileError, match="all 1 entries are label-only"):
+        LidarSweeps(info_file=write_info(tmp_path, [label_only]))
+
+
 def test_empty_sweep_error_or_flag(tmp_path):
     write_bin(tmp_path / "a.bin", [[1.0, 2.0, 3.0, 0.5], [2.0, 2.0, 3.0, 0.5]])
     write_bin(tmp_path / "b.bin", [[100.0, 2.0, 3.0, 0.5]])

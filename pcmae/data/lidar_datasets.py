@@ -206,6 +206,8 @@ class LidarSweeps(_SweepDataset):
                                 f"got {type(info).__name__}")
         if not info["data_list"]:
             raise InfoFileError(f"{info_file}: 'data_list' is empty")
+        if all(isinstance(raw, Mapping) and raw.get("label_only") for raw in info["data_list"]):
+            raise InfoFileError(f"{info_file}: all {len(info['data_list'])} entries are label-only (no points)")
         if self.layout is None:
             meta = info.get("metainfo") or {}
             name = str(meta.get("dataset", meta.get("DATASET", ""))).lower()
@@ -214,6 +216,8 @@ class LidarSweeps(_SweepDataset):
                 self.num_columns = len(meta["point_columns"])
         entries = []
         for i, raw in enumerate(info["data_list"]):
+            if isinstance(raw, Mapping) and raw.get("label_only"):
+                continue  # labels of a frame whose points were lost (flagged by the converters): nothing to pre-train on
             entry = _info_entry(i, raw, info_file)
             entry["path"] = self._resolve(entry["path"], "pts")
             if not entry["path"].is_file():
