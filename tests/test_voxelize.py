@@ -56,7 +56,9 @@ def test_matches_reference_on_random_clouds(batch_size, cap):
 def test_float64_points_and_unsorted_batch_match_reference():
     points, batch_idx = random_cloud(800, 4, seed=7)
     points = points.double()
+    before = points.clone()
     assert_same(voxelize(points, batch_idx, VOXEL, RANGE, 2), voxelize_reference(points, batch_idx, VOXEL, RANGE, 2))
+    assert torch.equal(points, before)  # the float64 cells are computed on copies
 
 
 def test_range_edges_min_inside_max_outside():

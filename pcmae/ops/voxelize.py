@@ -144,7 +144,7 @@ def voxelize(points: torch.Tensor, batch_idx: torch.Tensor, voxel_size: Sequence
     # key = ((batch * Z + z) * Y + y) * X + x, int32 when the grid allows (a radix sort of half the passes)
     key_dtype = torch.int32 if batch_size * gx * gy * gz <= INT32_MAX else torch.int64
     key = batch_idx.index_select(0, kept).to(key_dtype)
-    kept_xyz = xyz.index_select(0, kept)  # (M, 3)
+    kept_xyz = (points if xyz.dtype == points.dtype else xyz).index_select(0, kept)  # (M, >=3): whole rows, fast
     for axis in (2, 1, 0):  # (M,) float64 columns with scalar operands: vectorised, no (M, 3) broadcasting
         cell = _cells(kept_xyz[:, axis], point_cloud_range[axis], voxel_size[axis])
         key.mul_(grid[axis]).add_(cell.to(key_dtype))  # cells lie in [0, grid): guaranteed by the bounds
@@ -159,18 +159,18 @@ def voxelize(points: torch.Tensor, batch_idx: torch.Tensor, voxel_size: Sequence
         counts = counts.clamp(max=max_points_per_voxel)
     point_to_voxel = torch.full((points.shape[0],), -1, dtype=torch.long, device=device)
     point_to_voxel.scatter_(0, kept.index_select(0, order), voxel_of_kept)
-    first_point = kept.index_select(0, order.index_select(0, first))  # (V,) input row of each voxel's first point
+    first_kept = order.index_select(0, first)  # (V,) position in kept of each voxel's first point
     coords = torch.empty((len(first), 4), dtype=torch.int32, device=device)
-    coords[:, 0] = batch_idx.index_select(0, first_point)
-    first_xyz = xyz.index_select(0, first_point)
+    coords[:, 0] = batch_idx.index_select(0, kept.index_select(0, first_kept))
+    first_xyz = kept_xyz.index_select(0, first_kept)
     for axis in range(3):  # the cells of V points again, instead of keeping 3 x (M,) cells
         coords[:, 3 - axis] = _cells(first_xyz[:, axis], point_cloud_range[axis], voxel_size[axis])
     return Voxels(coords, point_to_voxel, counts.int(), grid, batch_size)
 
 
 def _cells(column: torch.Tensor, low: float, size: float) -> torch.Tensor:
-    """(M,) coordinates -> (M,) float64 ``floor((p - low) / size)``, computed in float64."""
-    return column.to(torch.float64).sub_(low).div_(size).floor_()
+    """(M,) coordinates -> (M,) float64 ``floor((p - low) / size)``, computed in float64 (on a copy)."""
+    return column.to(torch.float64, copy=True).sub_(low).div_(size).floor_()
 
 
 _FLOAT_BITS = {torch.float32: ("<f", "<I", 32), torch.float64: ("<d", "<Q", 64)}
