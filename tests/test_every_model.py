@@ -21,6 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 CASES = all_cases()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: threads only add overhead (and the DDP run uses one per rank)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_every_registered_part_has_a_tiny_case():
     """A model, backbone, tokenizer or masking rule registered later must get a case in REGISTERED."""
     cfgs = REGISTERED.values()
