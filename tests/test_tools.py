@@ -72,11 +72,13 @@ def test_unknown_config_key_is_named(tmp_path):
 def test_lidar_pretrain_then_evaluate_with_plot(tmp_path):
     work = tmp_path / "vm"
     tiny = ["data.train.num_frames=4", "data.train.frames_per_scene=4", "data.val.num_frames=1",
-            "train.batch_size=2", "train.log_interval=1", "model.depth=1"]
+            "train.batch_size=2", "train.log_interval=1", "model.backbone.depth=1"]
     run_tool("tools/pretrain.py", "configs/voxel_mae/demo.yaml", "--work-dir", work, *tiny, "train.epochs=2")
     lines = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 4 and {"occupancy", "num_points", "chamfer", "loss"} <= set(lines[0])
-    assert (work / "bev.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    train, val = [m for m in lines if "loss" in m], [m for m in lines if "val/loss" in m]
+    assert len(train) == 4 and {"occupancy", "num_points", "chamfer", "loss"} <= set(train[0])
+    assert [m["epoch"] for m in val] == [1, 2]  # data.val is validated during pre-training
+    assert (work / "picture.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out, plot = tmp_path / "eval.json", tmp_path / "eval.png"
     proc = run_tool("tools/evaluate.py", "configs/voxel_mae/demo.yaml", "--checkpoint", work / "checkpoint_last.pth",
                     "--seeds", "0", "--plot", plot, "--output", out, *tiny)
