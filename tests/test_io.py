@@ -2,6 +2,7 @@
 small files written here, plus the error paths (wrong size, NaN, empty, truncated, unknown extension)."""
 from __future__ import annotations
 
+import re
 import struct
 import sys
 import time
@@ -463,7 +464,8 @@ def test_bad_las_version_byte_is_a_format_error(tmp_path, major, minor):
     raw = bytearray(shared_data_path("laspy", "tests", "data", "simple.las").read_bytes())
     raw[24], raw[25] = major, minor
     path.write_bytes(bytes(raw))
-    with pytest.raises(PointCloudFormatError, match=rf"version\.las: unsupported LAS version byte\(s\) {major}\.{minor}"):
+    with pytest.raises(PointCloudFormatError,
+                       match=rf"version\.las: unsupported LAS version byte\(s\) {major}\.{minor}"):
         read_las(path)
 
 
@@ -472,12 +474,13 @@ def test_damaged_laz_is_a_format_error_naming_the_file(tmp_path):
     raw = shared_data_path("laspy", "tests", "data", "simple.laz").read_bytes()
     cut = tmp_path / "cut.laz"
     cut.write_bytes(raw[:len(raw) // 2])
-    with pytest.raises(PointCloudFormatError, match=r"cut\.laz: corrupt or truncated LAZ point data"):
+    with pytest.raises(PointCloudFormatError, match=r"cut\.laz: LAZ chunk table offset 18203 lies outside"):
         read_las(cut)
     flipped = bytearray(raw)
     flipped[6391] ^= 0x5A
     (tmp_path / "flip.laz").write_bytes(bytes(flipped))
-    with pytest.raises(PointCloudFormatError, match=r"flip\.laz"):
+    with pytest.raises(PointCloudFormatError, match=r"flip\.laz: corrupt or truncated LAZ point data: the header "
+                                                    r"declares 1065 points, decoding failed after 0 \(IoError"):
         read_las(tmp_path / "flip.laz")
 
 
@@ -568,7 +571,8 @@ def test_laz_item_sizes_must_match_the_record_length(tmp_path):
     path.write_bytes(bytes(raw))
     error, peak = _peak_bytes(lambda: read_las(path))
     assert isinstance(error, PointCloudFormatError), error
-    assert "items.laz: LASzip VLR items take 64034 bytes per point" in str(error) and "is 34" in str(error)
+    assert ("items.laz: LASzip VLR items (type, size) [(6, 64020), (7, 8), (8, 6)] do not describe point "
+            "format 3 records of 34 bytes") in str(error)
     assert peak < 4 * 2**20
 
 
@@ -586,3 +590,42 @@ def test_npy_header_length_and_syntax_are_checked(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(PointCloudFormatError, match=r"v\.npy: not a readable \.npy array"):
         load_points(path)
+
+
+@pytest.mark.parametrize("position, xor, message", [
+    (334, 0x71, r"bad LAZ chunk table \(version \d+, \d+ chunks for 1065 points\)"),  # table offset moved
+    (18210, 0xFF, r"bad LAZ chunk table \(version 0, 4278190081 chunks"),  # chunk count 0xFF000001
+    (296, 0xDA, None),  # LASzip chunk size 0xDA00C350: the parallel decoder allocated 124 GB
+])
+def test_laz_chunk_table_and_chunk_size_cannot_drive_allocations(tmp_path, position, xor, message):
+    """Before: lazrs allocated 38-124 GB from these single flipped bytes and aborted the process (uncatchable)."""
+    raw = bytearray(shared_data_path("laspy", "tests", "data", "simple.laz").read_bytes())
+    raw[position] ^= xor
+    path = tmp_path / "chunks.laz"
+    path.write_bytes(bytes(raw))
+    result, peak = _peak_bytes(lambda: read_las(path))
+    if message is None:  # one chunk holds every point: the sequential decoder does not need the chunk size
+        np.testing.assert_array_equal(result, read_las(shared_data_path("laspy", "tests", "data", "simple.laz")))
+    else:
+        assert isinstance(result, PointCloudFormatError) and re.search(rf"chunks\.laz: {message}", str(result)), result
+    assert peak < 8 * 2**20
+
+
+def test_laz_items_must_match_the_point_format(tmp_path):
+    """COPC (point format 7): item POINT14 turned into RGB14 kept the sizes right; lazrs then reserved 4.2 GB."""
+    raw = bytearray(shared_data_path("laspy", "tests", "data", "simple.copc.laz").read_bytes())
+    raw[677] ^= 1  # the first item's type, 10 (POINT14) -> 11 (RGB14)
+    path = tmp_path / "copc.laz"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(PointCloudFormatError, match=r"copc\.laz: LASzip VLR items \(type, size\) \[\(11, 30\), "
+                       r"\(11, 6\)\] do not describe point format 7"):
+        read_las(path)
+
+
+def test_vlrs_must_fit_before_the_points(tmp_path):
+    raw = bytearray(shared_data_path("laspy", "tests", "data", "simple.laz").read_bytes())
+    struct.pack_into("<H", raw, 227 + 20, 60000)  # the LASzip VLR's record length
+    path = tmp_path / "vlr.laz"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(PointCloudFormatError, match=r"vlr\.laz: VLR 0 \(60000 bytes\) runs past the point data"):
+        read_las(path)

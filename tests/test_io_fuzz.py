@@ -376,7 +376,9 @@ def run_variant(variant: Variant, folder: Path, loader: Callable = load_points) 
         outcome = Outcome(variant, "unclean", f"hang: {err}")
     except MemoryError as err:
         outcome = Outcome(variant, "unclean", f"memory blow-up: MemoryError {err}")
-    except Exception as err:  # noqa: BLE001 - a foreign exception is the finding
+    except BaseException as err:  # noqa: BLE001 - a foreign exception (even a Rust panic) is the finding
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
         outcome = Outcome(variant, "unclean", f"foreign {type(err).__module__}.{type(err).__name__}: {err}")
     else:
         ok = (isinstance(points, np.ndarray) and points.dtype == np.float32 and points.ndim == 2

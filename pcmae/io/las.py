@@ -94,9 +94,74 @@ def read_las_header(path: str | os.PathLike) -> LasHeaderInfo:
         raise PointCloudFormatError(
             f"{path}: header declares {point_count} points of {record_length} bytes "
             f"({point_count * record_length} bytes), the file holds {data_bytes} bytes of point data")
+    laszip_items = _walk_vlrs(path, header_size, data_offset, num_vlrs)
+    if compressed:
+        _check_laszip_items(path, laszip_items, point_format, record_length)
+        _check_chunk_table(path, data_offset, point_count, size)
     scales, offsets = struct.unpack_from("<3d", raw, 131), struct.unpack_from("<3d", raw, 155)
     return LasHeaderInfo((major, minor), compressed, point_format, record_length, point_count, data_offset,
                          tuple(float(v) for v in scales), tuple(float(v) for v in offsets))
+
+
+def _walk_vlrs(path: Path, start: int, end: int, count: int) -> Optional[list]:
+    """Check that ``count`` VLRs fit between the header (``start``) and the points (``end``); return the
+    (type, size) items of the LASzip VLR if there is one."""
+    with open(path, "rb") as stream:
+        stream.seek(start)
+        block = stream.read(end - start)
+    position, items = 0, None
+    for index in range(count):
+        if position + _VLR_HEADER_BYTES > len(block):
+            raise PointCloudFormatError(f"{path}: VLR {index} of {count} starts past the point data offset {end}")
+        user_id, record_id, length = struct.unpack_from("<16sHH", block, position + 2)
+        data = block[position + _VLR_HEADER_BYTES:position + _VLR_HEADER_BYTES + length]
+        if len(data) < length:
+            raise PointCloudFormatError(f"{path}: VLR {index} ({length} bytes) runs past the point data offset {end}")
+        if user_id.rstrip(b"\0") == b"laszip encoded" and record_id == 22204 and length >= 34:
+            num_items, = struct.unpack_from("<H", data, 32)
+            if 34 + 6 * num_items > length:
+                raise PointCloudFormatError(f"{path}: LASzip VLR lists {num_items} items in {length} bytes")
+            items = [struct.unpack_from("<HH", data, 34 + 6 * i) for i in range(num_items)]
+        position += _VLR_HEADER_BYTES + length
+    return items
+
+
+_LASZIP_POINT_ITEMS = {6: range(0, 6), 10: range(6, 11)}  # POINT10 / POINT14 item type -> point formats
+
+
+def _check_laszip_items(path: Path, items: Optional[list], point_format: int, record_length: int) -> None:
+    """The LASzip items must start with the point item of the point format and add up to the record length
+    (lazrs sizes its buffers from them: a wrong item allocated 64 KB per point, or gigabytes per chunk)."""
+    if items is None:
+        raise PointCloudFormatError(f"{path}: compressed LAS (LAZ) without a LASzip VLR")
+    first = items[0][0] if items else None
+    layered = point_format >= 6
+    if (first not in _LASZIP_POINT_ITEMS or point_format not in _LASZIP_POINT_ITEMS[first]
+            or any((kind >= 10) != layered or kind > 14 for kind, _ in items)
+            or sum(size for _, size in items) != record_length):
+        raise PointCloudFormatError(f"{path}: LASzip VLR items (type, size) {items} do not describe point format "
+                                    f"{point_format} records of {record_length} bytes")
+
+
+def _check_chunk_table(path: Path, data_offset: int, point_count: int, size: int) -> None:
+    """The LAZ chunk table (its offset is the first 8 bytes of the point data) must lie in the file and list
+    at most one chunk per point: lazrs allocates 16 bytes per listed chunk before reading them."""
+    with open(path, "rb") as stream:
+        stream.seek(data_offset)
+        head = stream.read(8)
+        if len(head) < 8:
+            raise PointCloudFormatError(f"{path}: truncated: no LAZ chunk table offset at byte {data_offset}")
+        table, = struct.unpack("<q", head)
+        if table == -1:  # written by a streaming writer: no table
+            return
+        if not data_offset + 8 <= table <= size - 8:
+            raise PointCloudFormatError(f"{path}: LAZ chunk table offset {table} lies outside the point data "
+                                        f"(bytes {data_offset + 8} to {size - 8})")
+        stream.seek(table)
+        version, chunks = struct.unpack("<II", stream.read(8))
+    if version != 0 or chunks > max(point_count, 1):
+        raise PointCloudFormatError(f"{path}: bad LAZ chunk table (version {version}, {chunks} chunks for "
+                                    f"{point_count} points)")
 
 
 def _check_evlrs(path: Path, start: int, count: int, size: int) -> None:
@@ -151,16 +216,16 @@ def read_las(path: str | os.PathLike, fields: Sequence[str] = (), origin: Origin
     shift = resolve_origin(origin, path)
     parts = []
     try:
-        with laspy.open(path, read_evlrs=False) as reader:
+        # the sequential LAZ decoder: lazrs' parallel one allocates a whole chunk from the LASzip VLR's chunk size
+        # before decoding (one flipped byte: a 124 GB allocation and an abort that no except clause catches)
+        sequential = laspy.LazBackend.Lazrs
+        backend = sequential if header.compressed and sequential.is_available() else None
+        with laspy.open(path, read_evlrs=False, laz_backend=backend) as reader:
             available = list(reader.header.point_format.dimension_names)
             unknown = [name for name in fields if name not in available]
             if unknown:
                 raise PointCloudFormatError(f"{path}: no LAS dimension {unknown[0]!r}; available: "
                                             f"{', '.join(available)}")
-            laz = getattr(reader.point_source, "vlr", None)  # lazrs' view of the LASzip VLR (laspy internals)
-            if laz is not None and laz.item_size() != header.record_length:
-                raise PointCloudFormatError(f"{path}: LASzip VLR items take {laz.item_size()} bytes per point, "
-                                            f"the header's record length is {header.record_length}")
             for chunk in reader.chunk_iterator(max(1, CHUNK_BYTES // header.record_length)):
                 xyz = np.stack([np.asarray(chunk.x, np.float64), np.asarray(chunk.y, np.float64),
                                 np.asarray(chunk.z, np.float64)], axis=1)
@@ -183,6 +248,10 @@ def read_las(path: str | os.PathLike, fields: Sequence[str] = (), origin: Origin
         done = sum(len(part) for part in parts)
         raise PointCloudFormatError(f"{path}: corrupt or truncated LAZ point data: the header declares "
                                     f"{header.point_count} points, decoding failed after {done} ({err})") from None
+    except BaseException as err:  # a Rust panic inside lazrs reaches Python as pyo3's PanicException
+        if type(err).__name__ != "PanicException":
+            raise
+        raise PointCloudFormatError(f"{path}: corrupt LAZ data (the lazrs decoder panicked: {err})") from None
     points = np.concatenate(parts) if parts else np.zeros((0, 3 + len(fields)))
     if len(points) != header.point_count:
         raise PointCloudFormatError(f"{path}: header declares {header.point_count} points, "
