@@ -41,20 +41,33 @@ def median_ms(fns: dict[str, Callable[[], object]], repeats: int, device="cpu",
 
     slow_s: a function whose warm-up call took longer than this is not repeated (its warm-up time is reported).
     """
-    times: dict[str, list[float]] = {}
-    warm: dict[str, float] = {}
-    for name, fn in fns.items():
+    return median_wall_and_cpu_ms(fns, repeats, device, slow_s)[0]
+
+
+def median_wall_and_cpu_ms(fns: dict[str, Callable[[], object]], repeats: int, device="cpu",
+                           slow_s: float | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """:func:`median_ms`, and also the median CPU time of the process per call (all its threads). On a shared
+    machine the CPU time of a single-threaded call is the part that does not depend on waiting for a core."""
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+
+    def call(name: str) -> None:
         sync(device)
-        start = time.perf_counter()
-        fn()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fns[name]()
         sync(device)
-        warm[name] = time.perf_counter() - start
-    timed = [name for name in fns if slow_s is None or warm[name] <= slow_s]
+        wall.setdefault(name, []).append(time.perf_counter() - start)
+        cpu.setdefault(name, []).append(time.process_time() - start_cpu)
+
+    for name in fns:
+        call(name)
+    timed = [name for name in fns if slow_s is None or wall[name][0] <= slow_s]
+    for name in fns:
+        if name in timed:
+            wall[name].pop()
+            cpu[name].pop()
     for _ in range(repeats):
         for name in timed:
-            sync(device)
-            start = time.perf_counter()
-            fns[name]()
-            sync(device)
-            times.setdefault(name, []).append(time.perf_counter() - start)
-    return {name: 1e3 * (statistics.median(times[name]) if name in times else warm[name]) for name in fns}
+            call(name)
+    return ({name: 1e3 * statistics.median(times) for name, times in wall.items()},
+            {name: 1e3 * statistics.median(times) for name, times in cpu.items()})

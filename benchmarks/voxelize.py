@@ -9,7 +9,8 @@ call each, then the median of ``repeats`` calls, interleaved):
   ``(z * Y + y) * X + x``, ``torch.unique(key, return_inverse=True, return_counts=True)``; no cap;
 * ``spconv PointToVoxel``: spconv's C++ hash-table voxelizer (serial loop), with the cap; capacity = N points.
 
-Work per call: the voxels and each point's voxel ("voxelize ms"), then also the mean of the kept points of each
+Work per call: the voxels and each point's voxel ("voxelize ms"; "voxelize CPU ms" is the process CPU time of
+the same calls, all threads: at 1 thread the part that does not depend on waiting for a core), then also the mean of the kept points of each
 voxel (``+ mean ms``: pcmae and torch.unique with a scatter mean, spconv from its padded (V, cap, C) array).
 The equality columns are computed against ``pcmae.voxelize``: same set of voxels, same point count in each,
 same per-voxel means (max |difference| over the common voxels).
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import shared_data_root
-from benchmarks.timing import median_ms, torch_threads
+from benchmarks.timing import median_wall_and_cpu_ms, torch_threads
 from pcmae.ops.segment import segment_reduce
 from pcmae.ops.voxelize import grid_size_of, voxelize, voxelize_torch_reference
 
@@ -200,13 +201,14 @@ def bench_voxelize(sizes: Sequence[int] = (100_000, 1_000_000, 2_000_000), repea
                     methods["spconv PointToVoxel"] = spconv
             for t in threads:
                 with torch_threads(t) as used:
-                    voxelize_ms = median_ms({k: m[0] for k, m in methods.items()}, repeats, device)
-                    mean_ms = median_ms({k: m[1] for k, m in methods.items()}, repeats, device)
+                    voxelize_ms, voxelize_cpu = median_wall_and_cpu_ms({k: m[0] for k, m in methods.items()},
+                                                                       repeats, device)
+                    mean_ms = median_wall_and_cpu_ms({k: m[1] for k, m in methods.items()}, repeats, device)[0]
                     results = {k: m[1]() for k, m in methods.items()}
                 for name in methods:
                     rows.append({"cap": cap or "none", "points": n, "threads": used, "method": name,
                                  "voxels": len(results[name][0]), "voxelize ms": voxelize_ms[name],
-                                 "+ mean ms": mean_ms[name],
+                                 "voxelize CPU ms": voxelize_cpu[name], "+ mean ms": mean_ms[name],
                                  **compare(results[name], results["pcmae.voxelize"]), "points from": source})
     return rows
 
@@ -221,9 +223,10 @@ def fit_exponent(sizes: Sequence[float], times: Sequence[float]) -> float:
 
 def format_rows(rows: list[dict]) -> list[dict]:
     """Rows for a markdown table (times as text, ns per point added, the data source left out)."""
-    return [{**{k: v for k, v in r.items() if k not in ("voxelize ms", "+ mean ms", "points from")},
-             "voxelize ms": f"{r['voxelize ms']:.1f}", "+ mean ms": f"{r['+ mean ms']:.1f}",
-             "ns / point": f"{1e6 * r['voxelize ms'] / r['points']:.0f}"} for r in rows]
+    times = ("voxelize ms", "voxelize CPU ms", "+ mean ms")
+    return [{**{k: v for k, v in r.items() if k not in (*times, "points from")},
+             **{k: f"{r[k]:.1f}" for k in times}, "ns / point": f"{1e6 * r['voxelize ms'] / r['points']:.0f}"}
+            for r in rows]
 
 
 def main(argv=None) -> list[dict]:

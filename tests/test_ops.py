@@ -534,3 +534,28 @@ def test_benchmark_chamfer_past_the_reference_limit_checks_sampled_points(monkey
     right = tool.nearest_sq_dist
     monkeypatch.setattr(tool, "nearest_sq_dist", lambda a, b: (right(a, b)[0] * 1.001, right(a, b)[1]))
     assert tool.sampled_nearest_check(xyz, other, 50, seed=0).startswith("NO (2 x 50 sampled points")
+
+
+def test_benchmark_timing_rule_warm_up_interleaved_median_and_cpu_time():
+    import time
+
+    from benchmarks.timing import median_wall_and_cpu_ms, torch_threads
+
+    calls = []
+
+    def sleeper():
+        calls.append("sleep")
+        time.sleep(0.02)
+
+    def spinner():
+        calls.append("spin")
+        end = time.process_time() + 0.02
+        while time.process_time() < end:
+            pass
+
+    wall, cpu = median_wall_and_cpu_ms({"sleep": sleeper, "spin": spinner}, repeats=3)
+    assert calls == ["sleep", "spin"] + ["sleep", "spin"] * 3  # one warm-up each, then interleaved
+    assert wall["sleep"] >= 19 and cpu["sleep"] < 10  # waiting costs wall time, not CPU time
+    assert cpu["spin"] >= 19
+    with torch_threads(1) as used:
+        assert used == 1 == torch.get_num_threads()

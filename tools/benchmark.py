@@ -4,10 +4,11 @@
     python tools/benchmark.py [--sections ops,train,voxelize,lidar_step,converters,detector,transformer_bev] [--sizes 1000,8000,100000] [--voxel-sizes 100000,1000000,2000000] [--threads 1,2] [--repeats 3] [--device cpu]
 
 One timing rule for every pair (benchmarks/timing.py): each implementation is called once to warm up, then
-``--repeats`` times, the implementations interleaved call by call, and the median is reported. The ops and
-voxelize sections run once per ``--threads`` value, with that many threads in torch and in every OpenMP / BLAS
-runtime of the process (pykdtree's included, via threadpoolctl); fpsample and spconv's voxelizer are serial
-C++. Every equality column is computed. Sections:
+``--repeats`` times, the implementations interleaved call by call, and the median is reported (wall time, and
+the process CPU time of the same calls: at 1 thread, the part that does not depend on waiting for a core on a
+shared machine). The ops and voxelize sections run once per ``--threads`` value, with that many threads in
+torch and in every OpenMP / BLAS runtime of the process (pykdtree's included, via threadpoolctl); fpsample and
+spconv's voxelizer are serial C++. Every equality column is computed. Sections:
   ops       farthest point sampling, kNN (k=32) and Chamfer-L2 (forward + backward) on uniform random clouds
             in the unit cube, against a plain torch loop, each fpsample variant, raw pykdtree, scipy's cKDTree,
             dense cdist; Chamfer too big for its reference is checked on sampled points by brute force;
@@ -43,7 +44,7 @@ from benchmarks import converters  # noqa: E402
 from benchmarks.detector import bench_detector, bench_transformer_bev  # noqa: E402
 from benchmarks.lidar_step import bench_lidar_step  # noqa: E402
 from benchmarks.train import bench_train  # noqa: E402
-from benchmarks.timing import median_ms, torch_threads  # noqa: E402
+from benchmarks.timing import median_wall_and_cpu_ms, torch_threads  # noqa: E402
 from benchmarks.voxelize import bench_voxelize, format_rows  # noqa: E402
 from pcmae.ops import (chamfer_distance, farthest_point_sample, farthest_point_sample_reference, knn,  # noqa: E402
                        knn_reference, nearest_sq_dist)
@@ -68,9 +69,10 @@ CHAMFER_SAMPLES = 2000  # points per cloud checked by brute force when the full 
 # ------------------------------------------------------------------------------------------- timing
 
 def row(op: str, n: int, threads: int, work: str, impl: str, ms: float | None, same: str = "",
-        note: str = "") -> dict:
+        note: str = "", cpu_ms: float | None = None) -> dict:
     return {"op": op, "N": n, "threads": threads, "work": work, "implementation": impl,
-            "median ms": "-" if ms is None else f"{ms:.2f}", "= pcmae reference": same, "note": note}
+            "median ms": "-" if ms is None else f"{ms:.2f}", "CPU ms": "-" if cpu_ms is None else f"{cpu_ms:.2f}",
+            "= pcmae reference": same, "note": note}
 
 
 def yes_no(flag: bool) -> str:
@@ -119,14 +121,15 @@ def bench_fps(xyz: torch.Tensor, repeats: int, threads: int) -> list[dict]:
                 impls[name] = (lambda f: lambda: torch.from_numpy(f(cloud, m).astype(np.int64))[None])(fn)
                 notes[name] = "serial C++"
     expected = farthest_point_sample_reference(xyz, m).cpu()
-    times = median_ms(impls, repeats, device)
+    times, cpu = median_wall_and_cpu_ms(impls, repeats, device)
     rows = []
     for name, fn in impls.items():
         picks = fn().cpu()
         note = notes.get(name, "")
         if int(picks[0, 0]) != 0:
             note = f"{note}; starts at {int(picks[0, 0])}".lstrip("; ")
-        rows.append(row("FPS", n, threads, work, name, times[name], yes_no(torch.equal(picks, expected)), note))
+        rows.append(row("FPS", n, threads, work, name, times[name], yes_no(torch.equal(picks, expected)), note,
+                        cpu[name]))
     return rows
 
 
@@ -164,9 +167,9 @@ def bench_knn(xyz: torch.Tensor, repeats: int, threads: int) -> list[dict]:
 
             impls["scipy cKDTree (build + query)"] = scipy_knn
             notes["scipy cKDTree (build + query)"] = "distances squared after the query"
-    times = median_ms(impls, repeats, device)
+    times, cpu = median_wall_and_cpu_ms(impls, repeats, device)
     return [row("kNN", n, threads, work, name, times[name], same_neighbours(*fn(), ref_dist, ref_idx),
-                notes.get(name, "")) for name, fn in impls.items()]
+                notes.get(name, ""), cpu[name]) for name, fn in impls.items()]
 
 
 def sampled_nearest_check(x: torch.Tensor, y: torch.Tensor, samples: int, seed: int) -> str:
@@ -223,7 +226,7 @@ def bench_chamfer(xyz: torch.Tensor, other: torch.Tensor, repeats: int, threads:
     if dense_bytes <= DENSE_LIMIT_BYTES:
         impls["dense torch.cdist"] = step(dense)
         notes["dense torch.cdist"] = "mm-based distances: equal up to rounding"
-    times = median_ms(impls, repeats, device)
+    times, cpu = median_wall_and_cpu_ms(impls, repeats, device)
     expected = reference() if run_reference else None
     rows = []
     for name, fn in impls.items():
@@ -235,7 +238,7 @@ def bench_chamfer(xyz: torch.Tensor, other: torch.Tensor, repeats: int, threads:
             same = sampled_nearest_check(x, y, CHAMFER_SAMPLES, seed=n)
         else:
             same = "not checked"
-        rows.append(row("Chamfer-L2", n, threads, work, name, times[name], same, notes.get(name, "")))
+        rows.append(row("Chamfer-L2", n, threads, work, name, times[name], same, notes.get(name, ""), cpu[name]))
     if not run_reference:
         rows.append(row("Chamfer-L2", n, threads, work, "pcmae backend='torch' (chunked)", None, "",
                         f"skipped ({pairs:.1e} point pairs on CPU)"))
