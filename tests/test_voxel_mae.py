@@ -30,6 +30,16 @@ SMALL = dict(point_channels=5, voxel_size=VOXEL, point_cloud_range=RANGE, num_pr
 SPARSE = {**SMALL, "tokenizer": {"type": "mean"}, "backbone": {"type": "sparse_conv", "decoder_dim": 32}}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models: on 2 shared cores a second torch thread mostly spins (learns_occupancy: 18 s with 1 thread,
+    169 s with 2 under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def sweeps() -> dict:
     """Two simulated HDL-32E sweeps packed into one batch."""
