@@ -68,3 +68,30 @@ def test_radial_mask_rejects_bad_settings():
         radial_mask(xyz, batch_idx, 1, 0.8, sector_deg=7.0)
     with pytest.raises(ValueError, match="mask ratio"):
         random_token_mask(batch_idx, 1.5)
+
+
+@pytest.mark.parametrize("cfg, reference", [
+    ({"type": "random", "ratio": 0.6}, lambda xyz, b, g: random_token_mask(b, 0.6, g)),
+    ({"type": "range_aware", "range_bins": [20.0, math.inf], "ratios": [0.3, 0.8]},
+     lambda xyz, b, g: range_aware_mask(xyz, b, [20.0, math.inf], [0.3, 0.8], generator=g)),
+    ({"type": "radial", "ratio": 0.5, "sector_deg": 5.0}, lambda xyz, b, g: radial_mask(xyz, b, 2, 0.5, 5.0, generator=g)[0]),
+])
+def test_registered_rules_equal_the_mask_functions(cfg, reference):
+    from pcmae.registry import MASKINGS
+
+    xyz, batch_idx = sweep_tokens([800, 600])
+    rule = MASKINGS.build(cfg, "model.masking")
+    got = rule(xyz, batch_idx, 2, None, torch.Generator().manual_seed(3))
+    assert torch.equal(got, reference(xyz, batch_idx, torch.Generator().manual_seed(3)))
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"type": "radial", "sector_deg": 7.0}, "sector_deg=7.0 must divide 360"),
+    ({"type": "random", "ratio": 1.0}, r"mask ratio must be in \[0, 1\)"),
+    ({"type": "range_aware", "range_bins": [10.0], "ratios": [0.5, 0.6]}, "differ in length"),
+])
+def test_bad_rule_settings_fail_when_the_model_is_built(cfg, message):
+    from pcmae.registry import MASKINGS
+
+    with pytest.raises(ValueError, match=message):
+        MASKINGS.build(cfg, "model.masking")
