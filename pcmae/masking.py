@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from pcmae.registry import MASKINGS
+from pcmae.registry import MASKINGS, ConfigError
 
 
 def num_masked(num_tokens: int, ratio: float) -> int:
@@ -125,12 +125,17 @@ def radial_mask(xyz: torch.Tensor, batch_idx: torch.Tensor, batch_size: int, rat
 #   rule(centers (T, 3) metres, batch_idx (T,), batch_size, origins (B, 3) | None, generator) -> (T,) bool.
 
 
+def _check_ratio(ratio, key: str) -> None:
+    if not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"'model.masking.{key}' must be in [0, 1), got {ratio!r}")
+
+
 @MASKINGS.register(name="random")
 class RandomTokenMasking:
     """Voxel-MAE: hide ``int(ratio * n_b)`` uniformly chosen tokens of each sample."""
 
     def __init__(self, ratio: float = 0.7):
-        num_masked(1, ratio)
+        _check_ratio(ratio, "ratio")
         self.ratio = ratio
 
     def __call__(self, centers, batch_idx, batch_size, origins=None, generator=None) -> torch.Tensor:
@@ -143,9 +148,10 @@ class RangeAwareMasking:
 
     def __init__(self, range_bins=(20.0, 40.0, float("inf")), ratios=(0.5, 0.7, 0.9)):
         if len(range_bins) != len(ratios):
-            raise ValueError(f"range_bins ({len(range_bins)}) and ratios ({len(ratios)}) differ in length")
+            raise ConfigError(f"'model.masking.range_bins' ({len(range_bins)}) and 'model.masking.ratios' "
+                              f"({len(ratios)}) differ in length")
         for r in ratios:
-            num_masked(1, r)
+            _check_ratio(r, "ratios")
         self.range_bins, self.ratios = tuple(float(v) for v in range_bins), tuple(ratios)
 
     def __call__(self, centers, batch_idx, batch_size, origins=None, generator=None) -> torch.Tensor:
@@ -157,10 +163,10 @@ class RadialMasking:
     """R-MAE: hide ``int(ratio * S)`` whole angular sectors of ``sector_deg`` degrees per sample."""
 
     def __init__(self, ratio: float = 0.8, sector_deg: float = 1.0):
-        num_masked(1, ratio)
-        num_sectors = int(round(360.0 / sector_deg))
+        _check_ratio(ratio, "ratio")
+        num_sectors = int(round(360.0 / sector_deg)) if isinstance(sector_deg, (int, float)) and sector_deg > 0 else 0
         if num_sectors < 2 or abs(num_sectors * sector_deg - 360.0) > 1e-6:
-            raise ValueError(f"sector_deg={sector_deg} must divide 360 into at least 2 sectors")
+            raise ConfigError(f"'model.masking.sector_deg' = {sector_deg} must divide 360 into at least 2 sectors")
         self.ratio, self.sector_deg = ratio, sector_deg
 
     def __call__(self, centers, batch_idx, batch_size, origins=None, generator=None) -> torch.Tensor:

@@ -86,12 +86,14 @@ def test_registered_rules_equal_the_mask_functions(cfg, reference):
 
 
 @pytest.mark.parametrize("cfg, message", [
-    ({"type": "radial", "sector_deg": 7.0}, "sector_deg=7.0 must divide 360"),
-    ({"type": "random", "ratio": 1.0}, r"mask ratio must be in \[0, 1\)"),
-    ({"type": "range_aware", "range_bins": [10.0], "ratios": [0.5, 0.6]}, "differ in length"),
+    ({"type": "radial", "sector_deg": 7.0}, r"'model\.masking\.sector_deg' = 7\.0 must divide 360"),
+    ({"type": "radial", "sector_deg": 0.0}, r"'model\.masking\.sector_deg' = 0\.0 must divide 360"),
+    ({"type": "random", "ratio": 1.0}, r"'model\.masking\.ratio' must be in \[0, 1\), got 1\.0"),
+    ({"type": "range_aware", "range_bins": [10.0], "ratios": [0.5, 0.6]}, "'model.masking.range_bins' .* differ"),
+    ({"type": "range_aware", "range_bins": [10.0], "ratios": ["x"]}, r"'model\.masking\.ratios' must be in"),
 ])
 def test_bad_rule_settings_fail_when_the_model_is_built(cfg, message):
-    from pcmae.registry import MASKINGS
+    from pcmae.registry import MASKINGS, ConfigError
 
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         MASKINGS.build(cfg, "model.masking")
