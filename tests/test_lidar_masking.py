@@ -74,7 +74,8 @@ def test_radial_mask_rejects_bad_settings():
     ({"type": "random", "ratio": 0.6}, lambda xyz, b, g: random_token_mask(b, 0.6, g)),
     ({"type": "range_aware", "range_bins": [20.0, math.inf], "ratios": [0.3, 0.8]},
      lambda xyz, b, g: range_aware_mask(xyz, b, [20.0, math.inf], [0.3, 0.8], generator=g)),
-    ({"type": "radial", "ratio": 0.5, "sector_deg": 5.0}, lambda xyz, b, g: radial_mask(xyz, b, 2, 0.5, 5.0, generator=g)[0]),
+    ({"type": "radial", "ratio": 0.5, "sector_deg": 5.0},
+     lambda xyz, b, g: radial_mask(xyz, b, 2, 0.5, 5.0, generator=g)[0]),
 ])
 def test_registered_rules_equal_the_mask_functions(cfg, reference):
     from pcmae.registry import MASKINGS
