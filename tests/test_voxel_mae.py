@@ -165,6 +165,11 @@ def test_old_checkpoints_with_untrained_heads_still_load():
         model.load_state_dict({k: v for k, v in old.items() if not k.startswith("occupancy_head.")})
 
 
+def test_grid_is_public():
+    model = VoxelMAE(**SMALL)
+    assert model.point_cloud_range == list(RANGE) and model.voxel_size == pytest.approx(VOXEL)
+
+
 def test_parts_are_registry_entries_chosen_by_type():
     from pcmae.registry import BACKBONES, MASKINGS, TOKENIZERS
 

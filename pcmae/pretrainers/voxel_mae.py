@@ -92,6 +92,15 @@ class VoxelMAE(nn.Module):
                     del state_dict[key]
 
     @property
+    def point_cloud_range(self) -> list[float]:
+        """[x_min, y_min, z_min, x_max, y_max, z_max] of the voxel grid, metres."""
+        return self.tokenizer.pc_range.tolist()
+
+    @property
+    def voxel_size(self) -> list[float]:
+        return self.tokenizer.voxel_size.tolist()
+
+    @property
     def predicts_points(self) -> bool:
         """True when the model has a point head (chamfer target): ``predict_occupancy`` then returns "points"."""
         return self.points_head is not None
@@ -203,4 +212,4 @@ class VoxelMAE(nn.Module):
         finally:
             self.train(was_training)
         panels = occupancy_panels(out, points.batch_size)
-        return figure_to_array(bev_figure(panels, extent=self.tokenizer.pc_range.tolist()))
+        return figure_to_array(bev_figure(panels, extent=self.point_cloud_range))
