@@ -20,7 +20,7 @@ from pcmae.engine.config import TrainConfig
 from pcmae.engine.rng import capture_rng_state, restore_rng_state, seed_everything
 from pcmae.engine.schedule import build_optimizer, cosine_lr, set_lr
 from pcmae.engine.trainer import Trainer
-from pcmae.engine.visualize import save_reconstruction_png
+from pcmae.visualization import save_reconstruction_png
 from pcmae.registry import DATASETS
 from tests.engine_fixtures import IndexLoss, RandomVectors, make_model
 

@@ -1,7 +1,7 @@
 """Training engine: configs, schedule, checkpoints, logging, DDP and the Trainer (model-agnostic).
 
-``pcmae.engine.build`` (model / dataset construction from configs) and ``pcmae.engine.visualize``
-(matplotlib) are imported on demand, not here.
+``pcmae.engine.build`` (model / dataset construction from configs) is imported on demand, not here; pictures are
+drawn by the models (``model.picture``) with :mod:`pcmae.visualization`.
 """
 from __future__ import annotations
 
