@@ -80,6 +80,7 @@ REAL = {  # name: (path under the shared root, load_points options)
     "las": ("laspy/tests/data/simple.las", {"origin": (635000.0, 848000.0, 0.0)}),
     "laz": ("laspy/tests/data/simple.laz", {"origin": (635000.0, 848000.0, 0.0)}),
     "las14": ("laspy/tests/data/1_4_w_evlr.las", {"origin": "header"}),
+    "copc": ("laspy/tests/data/simple.copc.laz", {"origin": "header"}),  # LAZ 1.4, layered point format 7
     "pcd_ascii": ("pcl/test/bunny.pcd", {}),
     "pcd_binary": ("open3d/examples/test_data/Feature/cloud_bin_0.pcd", {}),
     "ply_binary": ("open3d/examples/test_data/bathtub_0154.ply", {}),

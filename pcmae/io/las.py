@@ -1,8 +1,10 @@
 """ASPRS ``.las`` / ``.laz`` through laspy (optional: ``pip install pcmae[formats]``).
 
-The fixed header is parsed and checked here first (version, VLR count, point count against the file size),
-so no header number drives an allocation or a loop before it is known to fit the file. Points are then read
-in chunks, so even a compressed file that claims more points than it holds costs at most one chunk.
+The header is parsed and checked here first (version, header size, VLRs and EVLRs walked within the file,
+point count against the file size; for LAZ the LASzip items against the point format and the chunk table's
+offset and count), so no header number drives an allocation or a loop before it is known to fit the file.
+Points are then read in chunks of at most 4 MiB of records with lazrs' sequential decoder, so a compressed
+file that claims more points than it holds costs at most one chunk.
 """
 from __future__ import annotations
 
@@ -51,9 +53,9 @@ class LasHeaderInfo:
 def read_las_header(path: str | os.PathLike) -> LasHeaderInfo:
     """Parse and check the fixed LAS header of ``path``; raises PointCloudFormatError naming the file.
 
-    Checks: the LASF magic, version 1.0-1.4, header size, VLR count (each VLR header is 54 bytes and they
-    sit between the header and the points), a known point format, and for uncompressed files that the
-    declared points fit in the bytes after the point-data offset.
+    Checks: the LASF magic, version 1.0-1.4, header size, the VLRs (they sit between the header and the
+    points) and LAS 1.4 EVLRs (after the points), a known point format, for uncompressed files that the
+    declared points fit in the bytes after the point-data offset, and for LAZ the LASzip items and chunk table.
     """
     path = Path(path)
     size = path.stat().st_size
