@@ -3,11 +3,16 @@
 named, disjoint part, next to the trivial answers of tools/evaluate.py.
 
     python benchmarks/reconstruction.py prepare            # real sweeps -> work_dirs/reconstruction/sweeps/*.npy
-    python tools/pretrain.py configs/voxel_mae/shared_mix.yaml      # trains on SPLITS["train"] (see the config)
+    python tools/pretrain.py configs/voxel_mae/shared_mix.yaml --work-dir work_dirs/shared_mix   # ~16 min, 2 cores
+    python tools/pretrain.py configs/radial_mae/shared_mix_radial.yaml --work-dir work_dirs/shared_mix_radial
     python benchmarks/reconstruction.py evaluate configs/voxel_mae/shared_mix.yaml \\
         --checkpoint work_dirs/shared_mix/checkpoint_last.pth            # tools/evaluate.py per sensor
-    python benchmarks/reconstruction.py table work_dirs/reconstruction/eval_shared_mix.json
+    python benchmarks/reconstruction.py evaluate configs/radial_mae/shared_mix_radial.yaml \\
+        --checkpoint work_dirs/shared_mix_radial/checkpoint_last.pth
+    python benchmarks/reconstruction.py table work_dirs/reconstruction/eval_shared_mix.json \\
+        work_dirs/reconstruction/eval_shared_mix_radial.json          # the README table
 
+Train on the sensors' SENSORS[...]["train"] files (the configs list them), evaluate on the "eval" files.
 ``prepare`` reads each sensor in its own format (KITTI / SemanticKITTI / nuScenes ``.bin``, OpenPCDet's Waymo
 ``.npy``, RADIATE ``.csv``; Argoverse 2 ``.feather`` needs ``pyarrow`` and Ouster ``.osf`` needs ``ouster-sdk``,
 neither a pcmae dependency: a sensor whose reader is missing is reported and left out) and writes x, y, z
@@ -29,6 +34,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from pcmae.io.atomic import atomic_write
 
 DATA = Path("../shared/data")
 OUT = Path("work_dirs/reconstruction")
@@ -55,6 +62,10 @@ SENSORS = {
                                                         f"{AV2}/sensors/lidar/315966265360032000.feather"]}),
     "ouster": ("Ouster OS-1-128", {"eval": [f"{OUSTER}#{i}" for i in range(3)]}),
 }
+
+
+def write_json(path: Path, value) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(value, indent=2).encode()))
 
 
 def read_sensor(sensor: str, source: str) -> np.ndarray:
@@ -108,9 +119,7 @@ def prepare(args) -> None:
                     hashes[digest] = (source, split)
                     out = OUT / "sweeps" / sensor / split / f"{sweep_name(source)}.npy"
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = out.with_suffix(".tmp.npy")
-                    np.save(tmp, xyz)
-                    tmp.replace(out)
+                    atomic_write(out, lambda f, xyz=xyz: np.save(f, xyz))
                     files.append({"file": str(out), "source": source, "points": len(xyz)})
                 entry["splits"][split] = files
         except ImportError as err:
@@ -119,7 +128,7 @@ def prepare(args) -> None:
         print(f"{sensor:14s} " + (entry.get("skipped") or ", ".join(
             f"{split} {len(f)} sweeps, {np.mean([x['points'] for x in f]):.0f} points" for split, f in
             entry["splits"].items())))
-    (OUT / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_json(OUT / "manifest.json", manifest)
 
 
 def evaluate(args) -> None:
@@ -142,7 +151,7 @@ def evaluate(args) -> None:
                                       "trained_on_sensor": "train" in entry["splits"],
                                       **json.loads(out.read_text())}
     path = OUT / f"eval_{Path(args.config).stem}.json"
-    path.write_text(json.dumps(results, indent=2))
+    write_json(path, results)
     print(f"wrote {path}")
 
 
