@@ -15,7 +15,8 @@ named, disjoint part, next to the trivial answers of tools/evaluate.py.
 Train on the sensors' SENSORS[...]["train"] files (the configs list them), evaluate on the "eval" files.
 ``prepare`` reads each sensor in its own format (KITTI / SemanticKITTI / nuScenes ``.bin``, OpenPCDet's Waymo
 ``.npy``, RADIATE ``.csv``; Argoverse 2 ``.feather`` needs ``pyarrow`` and Ouster ``.osf`` needs ``ouster-sdk``,
-neither a pcmae dependency: a sensor whose reader is missing is reported and left out) and writes x, y, z
+neither a pcmae dependency (the table below was made with ``pip install --target DIR pyarrow ouster-sdk`` and
+``PYTHONPATH=DIR`` for ``prepare`` only): a sensor whose reader is missing is reported and left out) and writes x, y, z
 (float32, metres) in a sensor-centred frame, z up:
   * the ego-frame sensors move to the LiDAR: Argoverse 2 by its ``up_lidar`` calibration translation; OpenPCDet's
     Waymo frame has no calibration, so its z shift puts the ground (5th percentile of z at 4-20 m) at -1.8 m,
