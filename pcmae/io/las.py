@@ -229,8 +229,9 @@ def read_las(path: str | os.PathLike, fields: Sequence[str] = (), origin: Origin
                 raise PointCloudFormatError(f"{path}: no LAS dimension {unknown[0]!r}; available: "
                                             f"{', '.join(available)}")
             for chunk in reader.chunk_iterator(max(1, CHUNK_BYTES // header.record_length)):
-                xyz = np.stack([np.asarray(chunk.x, np.float64), np.asarray(chunk.y, np.float64),
-                                np.asarray(chunk.z, np.float64)], axis=1)
+                with np.errstate(over="ignore", invalid="ignore"):  # a huge/NaN scale: check_points reports it
+                    xyz = np.stack([np.asarray(chunk.x, np.float64), np.asarray(chunk.y, np.float64),
+                                    np.asarray(chunk.z, np.float64)], axis=1)
                 if shift is not None:
                     xyz -= shift
                 parts.append(np.column_stack([xyz] + [np.asarray(chunk[name], np.float64) for name in fields]))
