@@ -216,6 +216,22 @@ def test_points_one_step_either_side_of_every_cell_boundary(dtype):
     assert 0 < int((got.point_to_voxel >= 0).sum()) < len(points)  # both sides of the range were exercised
 
 
+def test_one_sample_batch_and_keys_past_float64_precision():
+    points, _ = random_cloud(600, 1, seed=9)
+    in_sample_2 = torch.full((600,), 2)  # every point in sample 2 of 4: the single-sample path
+    assert_same(voxelize(points, in_sample_2, VOXEL, RANGE, 2, batch_size=4),
+                voxelize_reference(points, in_sample_2, VOXEL, RANGE, 2, batch_size=4))
+    # 2**54 cells per sample: keys no longer exact in float64, built in int64 instead
+    huge_range, tiny_voxel = (0.0, 0.0, 0.0, 1048.576, 1048.576, 16.384), (0.001, 0.001, 0.001)
+    g = torch.Generator().manual_seed(3)
+    xyz = torch.rand(300, 3, generator=g, dtype=torch.float64) * torch.tensor(huge_range[3:], dtype=torch.float64)
+    xyz[::7] = torch.tensor(huge_range[3:], dtype=torch.float64) - 1e-9  # the far corner: the largest keys
+    batch_idx = torch.arange(300) % 2
+    got = voxelize(xyz, batch_idx, tiny_voxel, huge_range)
+    assert got.grid_size == (1048576, 1048576, 16384)
+    assert_same(got, voxelize_reference(xyz, batch_idx, tiny_voxel, huge_range))
+
+
 def test_half_precision_points_match_float32():
     points, batch_idx = random_cloud(1000, 2, seed=4)
     half = points.half()

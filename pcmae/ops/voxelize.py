@@ -86,7 +86,9 @@ def grid_size_of(voxel_size: Sequence[float], point_cloud_range: Sequence[float]
     return _geometry(voxel_size, point_cloud_range)[2]
 
 
-def _check_inputs(points: torch.Tensor, batch_idx: torch.Tensor, max_points_per_voxel, batch_size):
+def _check_inputs(points: torch.Tensor, batch_idx: torch.Tensor, max_points_per_voxel,
+                  batch_size) -> tuple[int, int | None]:
+    """Validates the tensors; -> (batch size, the one sample id when all points share it, else None)."""
     if not isinstance(points, torch.Tensor) or points.dim() != 2 or points.shape[1] < 3:
         raise ValueError(f"points must be a (N, C>=3) tensor, got {getattr(points, 'shape', type(points))}")
     if not points.is_floating_point():
@@ -109,11 +111,12 @@ def _check_inputs(points: torch.Tensor, batch_idx: torch.Tensor, max_points_per_
     needed = highest + 1
     if lowest < 0:
         raise ValueError(f"batch_idx must be >= 0, got {lowest}")
+    only_sample = lowest if lowest == highest else None  # every point in one sample: no per-point batch ids
     if batch_size is None:
-        return needed
+        return needed, only_sample
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < needed:
         raise ValueError(f"batch_size must be an int >= max(batch_idx) + 1 = {needed}, got {batch_size!r}")
-    return batch_size
+    return batch_size, only_sample
 
 
 def voxelize(points: torch.Tensor, batch_idx: torch.Tensor, voxel_size: Sequence[float],
@@ -127,7 +130,7 @@ def voxelize(points: torch.Tensor, batch_idx: torch.Tensor, voxel_size: Sequence
     batch_size: B (default max(batch_idx) + 1; samples without points simply have no voxel).
     """
     voxel_size, point_cloud_range, grid = _geometry(voxel_size, point_cloud_range)
-    batch_size = _check_inputs(points, batch_idx, max_points_per_voxel, batch_size)
+    batch_size, only_sample = _check_inputs(points, batch_idx, max_points_per_voxel, batch_size)
     gx, gy, gz = grid
     if batch_size * gx * gy * gz > INT64_MAX:
         raise ValueError(f"batch_size {batch_size} x grid {grid} overflows the int64 voxel key")
@@ -143,11 +146,21 @@ def voxelize(points: torch.Tensor, batch_idx: torch.Tensor, voxel_size: Sequence
     kept = torch.nonzero(inside).squeeze(1)  # (M,) rows inside the grid, ascending
     # key = ((batch * Z + z) * Y + y) * X + x, int32 when the grid allows (a radix sort of half the passes)
     key_dtype = torch.int32 if batch_size * gx * gy * gz <= INT32_MAX else torch.int64
-    key = batch_idx.index_select(0, kept).to(key_dtype)
     kept_xyz = (points if xyz.dtype == points.dtype else xyz).index_select(0, kept)  # (M, >=3): whole rows, fast
-    for axis in (2, 1, 0):  # (M,) float64 columns with scalar operands: vectorised, no (M, 3) broadcasting
+    # (M,) float64 columns with scalar operands (vectorised, no (M, 3) broadcasting); the key is built in float64,
+    # exact below 2**53, and converted once
+    exact_in_float64 = batch_size * gx * gy * gz < 2**53
+    key = _cells(kept_xyz[:, 2], point_cloud_range[2], voxel_size[2])  # cells lie in [0, grid): by the bounds
+    if not exact_in_float64:
+        key = key.long()
+    for axis in (1, 0):
         cell = _cells(kept_xyz[:, axis], point_cloud_range[axis], voxel_size[axis])
-        key.mul_(grid[axis]).add_(cell.to(key_dtype))  # cells lie in [0, grid): guaranteed by the bounds
+        key.mul_(grid[axis]).add_(cell if exact_in_float64 else cell.long())
+    batch_offset = gz * gy * gx
+    if only_sample is not None:  # one sample (a single sweep): no per-point batch ids to gather
+        key = key.to(key_dtype).add_(only_sample * batch_offset)
+    else:
+        key = key.to(key_dtype).add_(batch_idx.index_select(0, kept).to(key_dtype).mul_(batch_offset))
     # stable: equal keys keep input order (kept is ascending), so the cap below keeps each voxel's first points
     sorted_key, order = torch.sort(key, stable=True)
     _, voxel_of_sorted, counts = torch.unique_consecutive(sorted_key, return_inverse=True, return_counts=True)
@@ -161,7 +174,10 @@ def voxelize(points: torch.Tensor, batch_idx: torch.Tensor, voxel_size: Sequence
     point_to_voxel.scatter_(0, kept.index_select(0, order), voxel_of_kept)
     first_kept = order.index_select(0, first)  # (V,) position in kept of each voxel's first point
     coords = torch.empty((len(first), 4), dtype=torch.int32, device=device)
-    coords[:, 0] = batch_idx.index_select(0, kept.index_select(0, first_kept))
+    if only_sample is not None:
+        coords[:, 0] = only_sample
+    else:
+        coords[:, 0] = batch_idx.index_select(0, kept.index_select(0, first_kept))
     first_xyz = kept_xyz.index_select(0, first_kept)
     for axis in range(3):  # the cells of V points again, instead of keeping 3 x (M,) cells
         coords[:, 3 - axis] = _cells(first_xyz[:, axis], point_cloud_range[axis], voxel_size[axis])
@@ -218,7 +234,7 @@ def voxelize_torch_reference(points: torch.Tensor, batch_idx: torch.Tensor, voxe
     """:func:`voxelize` as one stable sort of the keys of all points (outside ones last): same arguments, same
     result; simpler and slower (float64 cells, (N, 3) temporaries and a 64-bit sort of every point)."""
     voxel_size, point_cloud_range, grid = _geometry(voxel_size, point_cloud_range)
-    batch_size = _check_inputs(points, batch_idx, max_points_per_voxel, batch_size)
+    batch_size, _ = _check_inputs(points, batch_idx, max_points_per_voxel, batch_size)
     gx, gy, gz = grid
     if batch_size * gx * gy * gz > INT64_MAX:
         raise ValueError(f"batch_size {batch_size} x grid {grid} overflows the int64 voxel key")
