@@ -134,12 +134,13 @@ def prepare(args) -> None:
 
 def evaluate(args) -> None:
     manifest = json.loads((OUT / "manifest.json").read_text())
-    results = {"config": args.config, "checkpoint": args.checkpoint, "sensors": {}}
+    name = args.name or Path(args.config).stem
+    results = {"name": name, "config": args.config, "checkpoint": args.checkpoint, "sensors": {}}
     prior = None
     for sensor, entry in manifest["sensors"].items():
         if "eval" not in entry.get("splits", {}):
             continue
-        out = OUT / f"eval_{Path(args.config).stem}_{sensor}.json"
+        out = OUT / f"eval_{name}_{sensor}.json"
         cmd = [sys.executable, "tools/evaluate.py", args.config, "--checkpoint", args.checkpoint, "--layout", "xyz",
                "--seeds", *map(str, args.seeds), "--output", str(out),
                "--sweeps", *[f["file"] for f in entry["splits"]["eval"]]]
@@ -151,7 +152,7 @@ def evaluate(args) -> None:
         results["sensors"][sensor] = {"description": entry["description"],
                                       "trained_on_sensor": "train" in entry["splits"],
                                       **json.loads(out.read_text())}
-    path = OUT / f"eval_{Path(args.config).stem}.json"
+    path = OUT / f"eval_{name}.json"
     write_json(path, results)
     print(f"wrote {path}")
 
@@ -164,6 +165,7 @@ def main(argv=None):
     ev.add_argument("config")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ev.add_argument("--name", help="names the result files (default: the config's file name)")
     tb = sub.add_parser("table")
     tb.add_argument("results", nargs="+")
     args = parser.parse_args(argv)
@@ -194,7 +196,7 @@ def table(args) -> None:
             gain = p["model"]["auroc"] - max(p[k]["auroc"] for k in TRIVIAL)
             same = " / ".join(_cell(p[k]["auroc_same_neighbours"]) for k in ("model", "range_prior"))
             chamfer = " / ".join(_cell(r["chamfer"].get(k)) for k in ("model", "centers", "neighbour_copy"))
-            print(f"| {Path(results['config']).stem} | {sensor} ({r['num_sweeps']}) | "
+            print(f"| {results.get('name', Path(results['config']).stem)} | {sensor} ({r['num_sweeps']}) | "
                   f"{'yes' if r['trained_on_sensor'] else 'no'} | {r['inside_range']['mean']:.2f} | "
                   f"{r['occupied_rate']:.3f} | {f1} | {auroc} | {ap} | {gain:+.3f} | {same} | {chamfer} |")
 
