@@ -27,7 +27,7 @@ $(VENV)/.mmdet3d-installed: $(BIN)/activate tools/install_mmdet3d.sh
 venv-mmdet3d: $(VENV)/.mmdet3d-installed
 
 demo: venv
-	$(BIN)/python tools/pretrain.py configs/point_mae/demo.yaml --work-dir $(WORK_DIR)
+	$(BIN)/python tools/pretrain.py configs/point_mae/demo.yaml --work-dir $(WORK_DIR) --overwrite
 	$(BIN)/python tools/probe.py configs/point_mae/demo.yaml --checkpoint $(WORK_DIR)/checkpoint_last.pth
 
 test: venv venv-mmdet3d
