@@ -3,17 +3,17 @@
 named, disjoint part, next to the trivial answers of tools/evaluate.py.
 
     python benchmarks/reconstruction.py prepare            # real sweeps -> work_dirs/reconstruction/sweeps/*.npy
-    python tools/pretrain.py configs/voxel_mae/shared_mix.yaml --work-dir work_dirs/shared_mix   # ~16 min, 2 cores
-    python tools/pretrain.py configs/voxel_mae/shared_mix.yaml --load-from work_dirs/shared_mix/checkpoint_last.pth \\
-        --work-dir work_dirs/shared_mix_stage2 train.epochs=4 train.lr=0.0005 train.warmup_epochs=0   # +100 steps
+    python tools/pretrain.py configs/voxel_mae/shared_mix.yaml --work-dir work_dirs/shared_mix_long96   # 2400 steps
+    python tools/pretrain.py configs/voxel_mae/shared_mix.yaml --work-dir work_dirs/shared_mix train.epochs=8   # 200 steps
+    python tools/pretrain.py configs/voxel_mae/shared_mix.yaml --work-dir work_dirs/shared_mix_long train.epochs=24
     python tools/pretrain.py configs/radial_mae/shared_mix_radial.yaml --work-dir work_dirs/shared_mix_radial
     python benchmarks/reconstruction.py evaluate configs/voxel_mae/shared_mix.yaml \\
         --checkpoint work_dirs/shared_mix/checkpoint_last.pth            # tools/evaluate.py per sensor
-    python benchmarks/reconstruction.py evaluate configs/voxel_mae/shared_mix.yaml --name shared_mix_stage2 \\
-        --checkpoint work_dirs/shared_mix_stage2/checkpoint_last.pth
+    python benchmarks/reconstruction.py evaluate configs/voxel_mae/shared_mix.yaml --name shared_mix_long96 \\
+        --checkpoint work_dirs/shared_mix_long96/checkpoint_last.pth            # same for shared_mix_long
     python benchmarks/reconstruction.py evaluate configs/radial_mae/shared_mix_radial.yaml \\
         --checkpoint work_dirs/shared_mix_radial/checkpoint_last.pth
-    python benchmarks/reconstruction.py table work_dirs/reconstruction/eval_shared_mix{,_stage2,_radial}.json
+    python benchmarks/reconstruction.py table work_dirs/reconstruction/eval_shared_mix{,_long,_long96,_radial}.json
 
 Train on the sensors' SENSORS[...]["train"] files (the configs list them), evaluate on the "eval" files.
 ``prepare`` reads each sensor in its own format (KITTI / SemanticKITTI / nuScenes ``.bin``, OpenPCDet's Waymo

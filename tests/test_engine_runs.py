@@ -135,7 +135,8 @@ def test_a_checkpoint_of_another_model_is_one_line_naming_both(tmp_path):
                                           "config": {"model": {"type": "VoxelMAE"}}})
     with pytest.raises(CheckpointError) as err:
         load_model_weights(make_model(), tmp_path / "vm.pth", "EngineTestMLP")
-    assert str(err.value) == f"{tmp_path / 'vm.pth'}: holds a VoxelMAE checkpoint, but this config builds a EngineTestMLP"
+    expected = f"{tmp_path / 'vm.pth'}: holds a VoxelMAE checkpoint, but this config builds a EngineTestMLP"
+    assert str(err.value) == expected
     small = make_model(hidden=8)
     save_checkpoint(tmp_path / "small.pth", {"model": small.state_dict(),
                                              "config": {"model": {"type": "EngineTestMLP"}}})

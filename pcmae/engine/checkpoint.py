@@ -47,7 +47,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err):
             reason = "it holds Python objects beyond tensors and containers, which pcmae never unpickles"
-        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: {reason})") from None
+        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint "
+                              f"({type(err).__name__}: {reason})") from None
     if not isinstance(state, dict) or FORMAT_KEY not in state:
         found = sorted(map(str, state))[:6] if isinstance(state, dict) else type(state).__name__
         hint = " (a Point-MAE release? convert it with tools/convert_checkpoint.py)" if (
