@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import multiprocessing
-import os
 import pickle
 import re
 import sys
@@ -36,11 +35,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from pcmae.io import atomic
 from pcmae.io.atomic import atomic_write
 
 INFO_VERSION = "1.1"
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
-TEMP_PATTERN = re.compile(r"^\..+\.tmp-(\d+)$")
 OUTPUT_FOLDERS = ("points", "sweeps", "frames")
 NAN_ALLOWED_KEYS = frozenset({"velocity"})  # unknown velocities: NaN in nuScenes / mmdet3d infos (mmdet3d zeroes them)
 
@@ -258,16 +257,8 @@ def remove_frames(out_dir: Path, tasks: Sequence[FrameTask]) -> None:
 
 def remove_stale_temp_files(out_dir: Path) -> List[Path]:
     """Delete ``.<name>.tmp-<pid>`` files left by runs whose process is gone; returns what was removed."""
-    removed = []
-    for folder in (out_dir, *(out_dir / name for name in OUTPUT_FOLDERS)):
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
-            match = TEMP_PATTERN.match(path.name)
-            if match and not _process_alive(int(match.group(1))):
-                path.unlink(missing_ok=True)
-                removed.append(path)
-    return removed
+    return [path for folder in (out_dir, *(out_dir / name for name in OUTPUT_FOLDERS))
+            for path in atomic.remove_stale_temp_files(folder)]
 
 
 # ------------------------------------------------------------------------------------------------ one task
@@ -411,21 +402,6 @@ def _check_keys(tasks: Sequence[FrameTask]) -> None:
                              f"{task.source} (record {task.index})")
         seen[task.key] = task
 
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own temp files are never in use between calls
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed worker can linger as a zombie (no init reaping it): it writes nothing any more
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _progress(results, total: int, show: bool, name: str):

@@ -10,7 +10,6 @@ byte inside a tensor would otherwise load as a silently wrong weight or optimize
 """
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -108,23 +107,3 @@ def load_model_weights(model: torch.nn.Module, path, expected_type: str | None =
     model.load_state_dict(weights)
     return state
 
-
-def remove_stale_temp_files(folder, name: str) -> list:
-    """Delete ``.<name>.tmp-<pid>`` files left by a save that was killed (its process no longer runs)."""
-    removed = []
-    for tmp in Path(folder).glob(f".{name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

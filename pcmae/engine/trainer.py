@@ -27,7 +27,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from pcmae.engine.checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint
+from pcmae.engine.checkpoint import load_checkpoint, save_checkpoint
 from pcmae.engine.config import TrainConfig, dump_config
 from pcmae.engine.device import move_to_device
 from pcmae.engine.distributed import (ResumableSampler, all_gather_object, all_reduce_mean, barrier, cleanup,
@@ -35,6 +35,7 @@ from pcmae.engine.distributed import (ResumableSampler, all_gather_object, all_r
 from pcmae.engine.logger import MetricMeter, TrainLogger
 from pcmae.engine.rng import capture_rng_state, restore_rng_state, seed_everything
 from pcmae.engine.schedule import build_optimizer, cosine_lr, set_lr
+from pcmae.io.atomic import remove_stale_temp_files
 from pcmae.registry import ConfigError
 
 LAST_CHECKPOINT = "checkpoint_last.pth"
