@@ -80,6 +80,16 @@ def model_type_of(state: dict) -> str | None:
     return model.get("type") if isinstance(model, dict) else None
 
 
+def state_dict_differences(own: dict, state: dict) -> tuple[list, list, list]:
+    """What stops ``state`` from loading strictly into a module whose state dict is ``own``: (missing keys,
+    unexpected keys, ``(key, saved shape, own shape)`` for each key of another shape), in dict order."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    resized = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
+               if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    return missing, unexpected, resized
+
+
 def load_model_weights(model: torch.nn.Module, path, expected_type: str | None = None) -> dict:
     """Load ``state["model"]`` of the pcmae checkpoint at ``path`` into ``model`` (strictly); return the whole state.
 
@@ -93,15 +103,11 @@ def load_model_weights(model: torch.nn.Module, path, expected_type: str | None =
     weights = state.get("model")
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path}: has no 'model' weights (keys: {', '.join(sorted(map(str, state))[:6])})")
-    own = model.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    resized = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-               if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(v.shape)]
+    missing, unexpected, resized = state_dict_differences(model.state_dict(), weights)
     if missing or unexpected or resized:
         parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
                  f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-                 f"{len(resized)} of other shape (e.g. {resized[0]})" if resized else ""]
+                 f"{len(resized)} of other shape (e.g. {'{} {} vs {}'.format(*resized[0])})" if resized else ""]
         raise CheckpointError(f"{path}: {saved or 'checkpoint'} weights do not fit this {expected} "
                               f"({'; '.join(p for p in parts if p)}); was it trained with another config?")
     model.load_state_dict(weights)

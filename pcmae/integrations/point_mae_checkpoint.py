@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from pcmae.downstream.point_classifier import PointClassifier
+from pcmae.engine.checkpoint import state_dict_differences
 from pcmae.pretrainers.point_mae import PointMAE
 
 # (Point-MAE prefix, pcmae prefix), first match wins.
@@ -131,11 +132,9 @@ def load_point_mae_checkpoint(path, num_groups: int = 64, num_heads: int = 6):
 
 def load_strict(model: torch.nn.Module, state: dict, source: str) -> None:
     """load_state_dict that fails on any missing / unexpected key or shape, naming them."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-              for k in set(own) & set(state) if state[k].shape != own[k].shape]
+    missing, unexpected, resized = state_dict_differences(model.state_dict(), state)
+    missing, unexpected = sorted(missing), sorted(unexpected)
+    shapes = [f"{k}: {saved} vs {own}" for k, saved, own in resized]
     if missing or unexpected or shapes:
         raise CheckpointMismatchError(
             f"{source} does not fit {type(model).__name__}: missing {missing[:8]}, unexpected {unexpected[:8]}, "
