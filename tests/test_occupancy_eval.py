@@ -18,7 +18,8 @@ from pcmae.engine.checkpoint import CheckpointError, save_checkpoint
 from pcmae.evaluation.baselines import (RangePrior, neighbour_copy_points, neighbour_fraction, ring_distance,
                                         voxel_point_offsets)
 from pcmae.evaluation.metrics import average_precision, binary_auroc, precision_recall_f1, stratified_auroc
-from pcmae.evaluation.occupancy import PREDICTORS, evaluate_dataset, fit_range_prior, inside_range
+from pcmae.data.lidar_transforms import in_range_mask
+from pcmae.evaluation.occupancy import PREDICTORS, evaluate_dataset, fit_range_prior
 from pcmae.pretrainers.voxel_mae import VoxelMAE
 from tests.shared_data import shared_data_path
 
@@ -154,7 +155,7 @@ def test_range_prior_from_the_model_queries_on_training_sweeps():
     distances, labels = [], []  # the same count by hand, under the same seeded masks
     for index in range(len(dataset)):
         points = dataset[index]["points"]
-        batch = dataset.collate_fn([{**dataset[index], "points": points[inside_range(points[:, :3], PC_RANGE)]}])
+        batch = dataset.collate_fn([{**dataset[index], "points": points[in_range_mask(points, PC_RANGE)]}])
         for seed in (0, 1):
             out = model.predict_occupancy(batch["points"], generator=torch.Generator().manual_seed(seed))
             distances.append(out["query_centers"][:, :2].norm(dim=1))
@@ -184,7 +185,7 @@ def test_evaluate_dataset_scores_every_predictor(device):
         assert 0.0 <= result["predictors"][name]["auroc"] <= 1.0
     assert result["predictors"]["neighbour"]["auroc_same_neighbours"] == 0.5
     points = torch.as_tensor(dataset[0]["points"])
-    assert result["inside_range"]["per_sweep"] == [pytest.approx(inside_range(points[:, :3], PC_RANGE)
+    assert result["inside_range"]["per_sweep"] == [pytest.approx(in_range_mask(points, PC_RANGE)
                                                                  .float().mean().item())]
     assert set(result["chamfer"]) == {"model", "centers", "neighbour_copy"}
     assert all(v > 0 for v in result["chamfer"].values())

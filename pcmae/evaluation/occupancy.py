@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from pcmae.data.lidar_transforms import in_range_mask
 from pcmae.engine.device import model_device, move_to_device
 from pcmae.evaluation.baselines import (RangePrior, neighbour_copy_points, neighbour_fraction, ring_distance,
                                         voxel_point_offsets)
@@ -29,7 +30,7 @@ from pcmae.ops import chamfer_distance
 RANGE_BINS = (0.0, 10.0, 20.0, 30.0, 40.0, math.inf)  # metres, horizontal distance of the query voxel
 PRIOR_RING_M = 2.0
 PREDICTORS = ("model", "neighbour", "range_prior", "all_occupied", "none_occupied")
-__all__ = ["RANGE_BINS", "PREDICTORS", "evaluate_dataset", "evaluate_sweep", "fit_range_prior", "inside_range",
+__all__ = ["RANGE_BINS", "PREDICTORS", "evaluate_dataset", "evaluate_sweep", "fit_range_prior",
            "neighbour_baseline", "precision_recall_f1"]
 
 
@@ -38,18 +39,12 @@ def neighbour_baseline(query: torch.Tensor, visible: torch.Tensor) -> torch.Tens
     return neighbour_fraction(query, visible) > 0
 
 
-def inside_range(xyz: torch.Tensor, point_cloud_range) -> torch.Tensor:
-    """(N, 3) -> (N,) bool: inside [x_min, y_min, z_min, x_max, y_max, z_max) (the voxel grid's rule)."""
-    r = torch.as_tensor(point_cloud_range, dtype=xyz.dtype, device=xyz.device)
-    return ((xyz >= r[:3]) & (xyz < r[3:])).all(dim=1)
-
-
 def _sweeps(dataset, point_cloud_range, device):
     """Each item of ``dataset`` cropped to the range: (packed batch on ``device``, share of its points kept)."""
     for index in range(len(dataset)):
         item = dict(dataset[index])
         points = torch.as_tensor(item["points"])
-        keep = inside_range(points[:, :3], point_cloud_range)
+        keep = in_range_mask(points, point_cloud_range)
         if not keep.any():
             raise ValueError(f"sweep {index} ({item.get('lidar_path', '?')}): none of its {len(points)} points is "
                              f"inside the model's point_cloud_range {list(point_cloud_range)}")
