@@ -24,7 +24,7 @@ from pcmae.engine.distributed import is_main_process
 from pcmae.engine.rng import seed_everything
 from pcmae.engine.trainer import BEST_CHECKPOINT, Trainer
 from pcmae.evaluation.classification import PROTOCOLS, evaluate_accuracy
-from pcmae.integrations.point_mae_checkpoint import convert_point_mae_file, read_point_mae_file
+from pcmae.integrations.point_mae_checkpoint import convert_point_mae_file
 
 
 def pretrained_state(path) -> dict:
@@ -34,8 +34,7 @@ def pretrained_state(path) -> dict:
     except CheckpointError as err:
         if "Point-MAE" not in str(err):
             raise
-    read_point_mae_file(path)  # one clear line if it is neither
-    return convert_point_mae_file(path)[1]
+    return convert_point_mae_file(path)[1]  # one clear line if it is not a Point-MAE file either
 
 
 def main(argv=None):
