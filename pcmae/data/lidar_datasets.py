@@ -5,7 +5,10 @@ Every dataset here yields a sweep item::
     {"points": FloatTensor (N, C)   x, y, z (metres, sensor frame) then features,
      "pose": DoubleTensor (4, 4)    sensor -> global (identity when unknown),
      "timestamp": float             seconds (0.0 when unknown),
-     "sample_idx": int, "lidar_path": str, ...}
+     "sample_idx": int, "lidar_path": str,
+     "scene": str                   scene / log / drive name ("" when unknown),
+     "frame_index": int             position in the scene (frames of one scene are consecutive),
+     "lidar2global": DoubleTensor (4, 4)   sensor -> global, the same matrix as "pose", ...}
 
 and ``collate_sweeps`` packs a list of items into a ``PointBatch`` without padding. Both datasets expose it as
 ``dataset.collate_fn``.
@@ -99,6 +102,7 @@ class _SweepDataset(Dataset):
         # copies: the cached / stored arrays must not be reachable from the item
         item["points"] = torch.as_tensor(item["points"], dtype=torch.float32).clone()
         item["pose"] = torch.as_tensor(item["pose"], dtype=torch.float64).clone()
+        item["lidar2global"] = item["pose"]
         return item
 
     def _rng(self, index: int) -> np.random.Generator:
@@ -281,7 +285,8 @@ class LidarSweeps(_SweepDataset):
                 parts.append(self._sweep_in_key_frame(entry, sweep, f"{where} lidar_sweeps[{j}]"))
             points = np.concatenate(parts)
         item = {"points": points, "pose": entry["pose"], "timestamp": entry["timestamp"],
-                "sample_idx": entry["sample_idx"], "lidar_path": str(entry["path"])}
+                "sample_idx": entry["sample_idx"], "lidar_path": str(entry["path"]), "scene": entry["scene"],
+                "frame_index": entry["frame_index"]}
         return self._finish(item, index)
 
     def _sweep_in_key_frame(self, entry: dict, sweep: dict, where: str) -> np.ndarray:
@@ -300,7 +305,9 @@ def _suffix(path: Path) -> str:
 
 
 def _plain_entry(index: int, path: Path) -> dict:
-    return {"path": path, "pose": np.eye(4), "timestamp": 0.0, "sample_idx": index, "sweeps": []}
+    """A file without an info entry: one scene (its folder), frames in name order, pose unknown (identity)."""
+    return {"path": path, "pose": np.eye(4), "timestamp": 0.0, "sample_idx": index, "sweeps": [],
+            "scene": str(path.parent), "frame_index": index}
 
 
 def _matrix(value, where: str) -> Optional[np.ndarray]:
@@ -313,7 +320,9 @@ def _matrix(value, where: str) -> Optional[np.ndarray]:
 
 
 def _info_entry(index: int, raw: Mapping[str, Any], info_file: Path) -> dict:
-    """One data_list entry -> {path, pose, timestamp, sample_idx, sweeps: [{path, sensor2lidar, timestamp}]}."""
+    """One data_list entry -> {path, pose, timestamp, sample_idx, scene, frame_index,
+    sweeps: [{path, sensor2lidar, timestamp}]}. pose: ``lidar2global`` when the entry has it (pcmae's converters
+    write it), else ``ego2global @ lidar_points.lidar2ego`` (a missing factor is identity)."""
     where = f"{info_file}: data_list[{index}]"
     lidar = raw.get("lidar_points") if isinstance(raw, Mapping) else None
     if not isinstance(lidar, Mapping) or not lidar.get("lidar_path"):
@@ -321,8 +330,10 @@ def _info_entry(index: int, raw: Mapping[str, Any], info_file: Path) -> dict:
     ego2global = _matrix(raw.get("ego2global"), f"{where}.ego2global")
     lidar2ego = _matrix(lidar.get("lidar2ego"), f"{where}.lidar_points.lidar2ego")
     pose = (np.eye(4) if ego2global is None else ego2global) @ (np.eye(4) if lidar2ego is None else lidar2ego)
+    lidar2global = _matrix(raw.get("lidar2global"), f"{where}.lidar2global")
+    pose = pose if lidar2global is None else lidar2global
     timestamp = float(raw.get("timestamp", 0.0))
-    key_to_global = pose if ego2global is not None and lidar2ego is not None else None
+    key_to_global = ego2global @ lidar2ego if ego2global is not None and lidar2ego is not None else None
     sweeps = []
     for j, sweep in enumerate(raw.get("lidar_sweeps") or []):
         sweep_where = f"{where}.lidar_sweeps[{j}]"
@@ -335,7 +346,9 @@ def _info_entry(index: int, raw: Mapping[str, Any], info_file: Path) -> dict:
         sweeps.append({"path": path, "timestamp": float(sweep["timestamp"]),
                        "sensor2lidar": _sensor2lidar(sweep, points_info, key_to_global, sweep_where)})
     return {"path": str(lidar["lidar_path"]), "pose": pose, "timestamp": timestamp,
-            "sample_idx": int(raw.get("sample_idx", index)), "sweeps": sweeps}
+            "sample_idx": int(raw.get("sample_idx", index)), "sweeps": sweeps,
+            "scene": str(raw.get("scene", raw.get("scene_token", ""))),
+            "frame_index": int(raw.get("frame_index", index))}
 
 
 def _sensor2lidar(sweep, points_info, key_to_global, where) -> Optional[np.ndarray]:
@@ -416,7 +429,8 @@ class SimulatedLidarSweeps(_SweepDataset):
         near = np.hypot(boxes[:, 0], boxes[:, 1]) <= self.beams.max_range
         item = {"points": sweep.points, "pose": pose, "timestamp": time, "sample_idx": index,
                 "lidar_path": f"sim://{self.beams.name}/seed{self.scene_seed}/scene{scene_idx}/frame{frame_idx}",
-                "scene_idx": scene_idx, "frame_idx": frame_idx, "object_id": sweep.object_id,
+                "scene_idx": scene_idx, "frame_idx": frame_idx, "scene": f"sim/seed{self.scene_seed}/scene{scene_idx}",
+                "frame_index": frame_idx, "object_id": sweep.object_id,
                 "gt_boxes": boxes[near].astype(np.float32),
                 "gt_names": [k for k, n in zip(scene.kinds, near.tolist()) if n],
                 "gt_object_id": np.flatnonzero(near)}
