@@ -246,6 +246,13 @@ class LidarSweeps(_SweepDataset):
     def __len__(self) -> int:
         return len(self.entries)
 
+    def frame_meta(self, index: int) -> dict:
+        """What sequence pairing needs without reading points: scene, frame_index, timestamp (s), pose (4, 4)
+        sensor -> global, or None when the source gives none (plain files, info entries without poses)."""
+        entry = self.entries[index]
+        return {"scene": entry["scene"], "frame_index": entry["frame_index"], "timestamp": entry["timestamp"],
+                "pose": entry["pose"] if entry["has_pose"] else None, "lidar_path": str(entry["path"])}
+
     def _load(self, path: Path, where: str) -> np.ndarray:
         if not path.is_file():
             raise FileNotFoundError(f"LidarSweeps: {where}: lidar file not found: {path}")
@@ -307,7 +314,7 @@ def _suffix(path: Path) -> str:
 def _plain_entry(index: int, path: Path) -> dict:
     """A file without an info entry: one scene (its folder), frames in name order, pose unknown (identity)."""
     return {"path": path, "pose": np.eye(4), "timestamp": 0.0, "sample_idx": index, "sweeps": [],
-            "scene": str(path.parent), "frame_index": index}
+            "scene": str(path.parent), "frame_index": index, "has_pose": False}
 
 
 def _matrix(value, where: str) -> Optional[np.ndarray]:
@@ -348,7 +355,8 @@ def _info_entry(index: int, raw: Mapping[str, Any], info_file: Path) -> dict:
     return {"path": str(lidar["lidar_path"]), "pose": pose, "timestamp": timestamp,
             "sample_idx": int(raw.get("sample_idx", index)), "sweeps": sweeps,
             "scene": str(raw.get("scene", raw.get("scene_token", ""))),
-            "frame_index": int(raw.get("frame_index", index))}
+            "frame_index": int(raw.get("frame_index", index)),
+            "has_pose": lidar2global is not None or ego2global is not None}
 
 
 def _sensor2lidar(sweep, points_info, key_to_global, where) -> Optional[np.ndarray]:
@@ -439,6 +447,14 @@ class SimulatedLidarSweeps(_SweepDataset):
             while len(self._frames) > self.cache_size:
                 self._frames.popitem(last=False)
         return item
+
+    def frame_meta(self, index: int) -> dict:
+        """scene, frame_index, timestamp (s) and the exact pose (4, 4) sensor -> world of item ``index``."""
+        scene_idx, frame_idx = divmod(index, self.frames_per_scene)
+        time = frame_idx / self.frame_rate
+        return {"scene": f"sim/seed{self.scene_seed}/scene{scene_idx}", "frame_index": frame_idx, "timestamp": time,
+                "pose": sensor_pose(self.scene(scene_idx), time, self.speed, sensor_height=self.beams.sensor_height),
+                "lidar_path": f"sim://{self.beams.name}/seed{self.scene_seed}/scene{scene_idx}/frame{frame_idx}"}
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_frames:
