@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from pcmae.data.lidar_datasets import LidarSweeps, SimulatedLidarSweeps, collate_sweeps
+from pcmae.data.sequences import LidarSequence, collate_sequences
 from pcmae.data.object_datasets import ModelNet40, ScanObjectNN, ShapeNet55
 from pcmae.data.synthetic_objects import SyntheticObjects
 from pcmae.data.transforms import RandomRotate, ScaleAndTranslate, pc_normalize
@@ -20,5 +21,5 @@ def build_dataset(cfg: Mapping[str, Any], where: str = "dataset"):
     return DATASETS.build(cfg, where=where)
 
 
-__all__ = ["LidarSweeps", "ModelNet40", "SimulatedLidarSweeps", "collate_sweeps", "RandomRotate", "ScaleAndTranslate", "ScanObjectNN", "ShapeNet55", "SyntheticObjects",
+__all__ = ["LidarSequence", "LidarSweeps", "collate_sequences", "ModelNet40", "SimulatedLidarSweeps", "collate_sweeps", "RandomRotate", "ScaleAndTranslate", "ScanObjectNN", "ShapeNet55", "SyntheticObjects",
            "build_dataset", "pc_normalize"]

@@ -27,7 +27,7 @@ from pcmae.registry import ConfigError, Registry
 
 Array = Union[np.ndarray, torch.Tensor]
 LIDAR_TRANSFORMS = Registry("lidar transform")
-PER_POINT_KEYS = ("object_id",)  # cropped along with "points"
+PER_POINT_KEYS = ("object_id", "is_past")  # cropped along with "points" (is_past: pcmae.data.sequences)
 PER_BOX_KEYS = ("gt_names", "gt_labels", "gt_object_id")  # cropped along with "gt_boxes"
 AXES = {"x": 0, "y": 1, "z": 2}
 
