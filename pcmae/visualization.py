@@ -127,10 +127,11 @@ def reconstruction_samples(rec: dict) -> list[dict]:
 # --- LiDAR: visible | hidden | predicted occupied, from above -----------------------------------------------------
 
 def bev_figure(panels: list[dict], extent=None, point_size: float = 0.3, dpi: int = 80):
-    """One row per sample: visible | hidden (truth) | predicted occupied, top view.
+    """One row per sample: [past (aligned) |] visible | hidden (truth) | predicted occupied, top view.
 
-    panels: dicts of numpy (K, 2+) arrays 'visible', 'hidden', 'predicted' (x, y in metres); extent: the
-    point cloud range (x_min, y_min, z_min, x_max, y_max, z_max) or None.
+    panels: dicts of numpy (K, 2+) arrays 'visible', 'hidden', 'predicted' (x, y in metres) and optionally 'past'
+    (temporal models: the past frame in the current frame); extent: the point cloud range
+    (x_min, y_min, z_min, x_max, y_max, z_max) or None.
     """
     if not panels:
         raise ValueError("bev_figure: no panels to draw")
@@ -138,16 +139,17 @@ def bev_figure(panels: list[dict], extent=None, point_size: float = 0.3, dpi: in
         for key in BEV_KEYS:
             if key not in panel:
                 raise KeyError(f"panel {i} has no {key!r} points")
-    fig = new_figure(15, 5 * len(panels), dpi)
-    styles = {"visible": ("0.4", "visible"), "hidden": ("tab:red", "hidden (truth)"),
-              "predicted": ("tab:blue", "predicted occupied")}
+    keys = (("past",) if all("past" in p for p in panels) else ()) + BEV_KEYS
+    fig = new_figure(5 * len(keys), 5 * len(panels), dpi)
+    styles = {"past": ("tab:green", "past frame (aligned)"), "visible": ("0.4", "visible"),
+              "hidden": ("tab:red", "hidden (truth)"), "predicted": ("tab:blue", "predicted occupied")}
     for r, panel in enumerate(panels):
         vis = np.asarray(panel["visible"])
-        for c, key in enumerate(BEV_KEYS):
-            ax = fig.add_subplot(len(panels), 3, r * 3 + c + 1)
+        for c, key in enumerate(keys):
+            ax = fig.add_subplot(len(panels), len(keys), r * len(keys) + c + 1)
             xy = np.asarray(panel[key])
             color, title = styles[key]
-            if key != "visible" and len(vis):
+            if key not in ("visible", "past") and len(vis):
                 ax.scatter(vis[:, 0], vis[:, 1], s=point_size, c="0.85", linewidths=0)
             if len(xy):
                 ax.scatter(xy[:, 0], xy[:, 1], s=point_size, c=color, linewidths=0)

@@ -82,6 +82,45 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention from queries x (B, Tq, C) to a context (B, Tk, C) -> (B, Tq, C)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """attn_mask: optional (B, 1, 1 or Tq, Tk) bool, True = may attend."""
+        b, t, c = x.shape
+        heads = self.num_heads
+        q = self.q(x).reshape(b, t, heads, c // heads).transpose(1, 2)  # (B, H, Tq, D)
+        k, v = self.kv(context).reshape(b, context.shape[1], 2, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(x.transpose(1, 2).reshape(b, t, c))
+
+
+class CrossBlock(nn.Module):
+    """x + DropPath(CrossAttn(LN(x), LN(context))), then x + DropPath(MLP(LN(x)))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm_context = nn.LayerNorm(dim)
+        self.attn = CrossAttention(dim, num_heads)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), self.norm_context(context), attn_mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
 class TransformerStack(nn.Module):
     """Blocks with the position embedding added to the input of EVERY block (Point-MAE), then LayerNorm."""
 

@@ -7,8 +7,15 @@ Every entry is built with the model's ``in_dim`` (channels of the voxel tokens),
       -> (Q, out_dim) features of the query voxels;
   detector_encoder() -> the module a detector reuses (its state dict is that of pcmae's mmdet3d encoder);
   out_dim: the width of the decoded features.
+For temporal fusion (TemporalMAE) each also offers:
+  latent_dim: the width of the latent tokens;
+  latent_tokens(latent, coords, centers) -> (x (T, latent_dim), coords (T, 4), centers (T, 3)): the latent as tokens;
+  with_tokens(latent, x, coords) -> latent with those tokens replaced by x;
+  encoder_copy() -> a separate encoder (a copy of the current weights), called like ``encode``.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +54,25 @@ class TransformerVoxelEncoderDecoder(nn.Module):
 
     def detector_encoder(self) -> nn.Module:
         """The encoder without the decoder: input projection, positions and transformer (shared modules)."""
-        return nn.ModuleDict({"input_proj": self.input_proj, "pos_embed": self.pos_embed, "encoder": self.encoder})
+        return VoxelTokenEncoder(self.input_proj, self.pos_embed, self.encoder)
 
     def encode(self, features, coords, centers, batch_size):
         """Visible tokens (V, C) -> latents (V, D)."""
         return self.encoder(self.input_proj(features), coords, self.pos_embed(centers))
+
+    @property
+    def latent_dim(self) -> int:
+        return self.input_proj.out_features
+
+    def latent_tokens(self, latent, coords, centers):
+        """The latents are already tokens: (V, D), (V, 4), (V, 3)."""
+        return latent, coords, centers
+
+    def with_tokens(self, latent, x, coords):
+        return x
+
+    def encoder_copy(self) -> nn.Module:
+        return copy.deepcopy(self.detector_encoder())
 
     def decode(self, latent, visible_coords, visible_centers, query_coords, query_centers, batch_size):
         """-> (Q, decoder_dim) features of the query voxels."""
@@ -62,6 +83,28 @@ class TransformerVoxelEncoderDecoder(nn.Module):
         coords = torch.cat([visible_coords, query_coords])
         pos = self.decoder_pos_embed(torch.cat([visible_centers, query_centers]))
         return self.decoder(x, coords, pos)[len(latent):]
+
+
+class VoxelTokenEncoder(nn.Module):
+    """Input projection + Fourier positions + serialized transformer: (V, C) voxel tokens -> (V, D) latents."""
+
+    def __init__(self, input_proj: nn.Module, pos_embed: nn.Module, encoder: nn.Module):
+        super().__init__()
+        self.input_proj, self.pos_embed, self.encoder = input_proj, pos_embed, encoder
+
+    def forward(self, features, coords, centers, batch_size):
+        return self.encoder(self.input_proj(features), coords, self.pos_embed(centers))
+
+
+class SparseBEVEncoder(nn.Module):
+    """A SparseEncoder called like ``encode``: (V, C) voxel features -> (B, C', H, W) BEV map."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, features, coords, centers, batch_size):
+        return self.encoder(features, coords.int(), batch_size)
 
 
 SET_BY_MODEL = ("in_channels", "sparse_shape", "return_middle_feats")
@@ -97,6 +140,28 @@ class SparseConvVoxelEncoderDecoder(nn.Module):
 
     def encode(self, features, coords, centers, batch_size):
         return self.encoder(features, coords.int(), batch_size)  # (B, C, H, W)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.encoder.bev_channels
+
+    def latent_tokens(self, bev, coords, centers):
+        """The BEV cells with features (B, C, H, W) -> (T, C), coords (T, 4) (batch, 0, row, column) and centers
+        (T, 3) (x, y at the cell center, z mid-range)."""
+        b, y, x = torch.nonzero(bev.abs().amax(dim=1) > 0, as_tuple=True)
+        lo, hi = self.pc_range[:3], self.pc_range[3:]
+        cell = (hi[:2] - lo[:2]) / torch.tensor([bev.shape[3], bev.shape[2]], device=bev.device)
+        xy = lo[:2] + (torch.stack([x, y], dim=1).to(cell) + 0.5) * cell
+        token_centers = torch.cat([xy, ((lo[2] + hi[2]) / 2).expand(len(xy), 1)], dim=1)
+        token_coords = torch.stack([b, torch.zeros_like(b), y, x], dim=1)
+        return bev.permute(0, 2, 3, 1)[b, y, x], token_coords, token_centers
+
+    def with_tokens(self, bev, x, coords):
+        b, y, x_index = coords[:, 0], coords[:, 2], coords[:, 3]
+        return bev.permute(0, 2, 3, 1).index_put((b, y, x_index), x.to(bev.dtype)).permute(0, 3, 1, 2)
+
+    def encoder_copy(self) -> nn.Module:
+        return SparseBEVEncoder(copy.deepcopy(self.encoder))
 
     def decode(self, bev, visible_coords, visible_centers, query_coords, query_centers, batch_size):
         lo, hi = self.pc_range[:2], self.pc_range[3:5]

@@ -1,14 +1,15 @@
 """A small ray-casting LiDAR simulator: the embedded default for LiDAR demos (no download).
 
 A procedural street scene (sloped ground plane; yawed boxes for cars, buildings and walls; vertical
-cylinders for poles and tree trunks) is swept by a Velodyne-like beam pattern (HDL-64E or HDL-32E).
+cylinders for poles, tree trunks and pedestrians; optionally moving traffic) is swept by a Velodyne-like beam pattern (HDL-64E or HDL-32E).
 Every ray is cast analytically in numpy (ray-plane, slab test in each box's frame, ray-cylinder with caps)
 and keeps its nearest hit. Rays are culled per object by azimuth and elevation, so a 64 x 1800 sweep
 against ~50 primitives takes a fraction of a second on one core.
 
 Frames: the scene lives in a world frame (z up); a sensor pose ``(4, 4)`` maps sensor -> world. Sweeps are
 returned in the SENSOR frame, columns ``x, y, z, intensity (0..1), ring`` (ring 0 = lowest beam, as the
-Velodyne driver and nuScenes number them). Frames are instantaneous (no motion distortion within a sweep).
+Velodyne driver and nuScenes number them). Frames are instantaneous (no motion distortion within a sweep):
+a sweep at ``timestamp`` t sees every moving object where ``scene.at(t)`` puts it.
 """
 from __future__ import annotations
 
@@ -109,7 +110,9 @@ def beam_pattern(beams, **overrides) -> BeamPattern:
 @dataclass
 class SceneObject:
     """One primitive. ``center``: (3,) world, mid-height; ``size``: (3,) length (local x), width, height;
-    ``shape``: "box" (yawed by ``yaw`` about z) or "cylinder" (vertical, diameter = size[0])."""
+    ``shape``: "box" (yawed by ``yaw`` about z) or "cylinder" (vertical, diameter = size[0]; ``yaw`` only
+    orients its label box); ``velocity``: (2,) m/s in world x, y (zeros: static). A moving object keeps its
+    height above the (planar) ground, so its centre moves by ``(vx, vy, slope . (vx, vy)) * time``."""
 
     kind: str
     shape: str
@@ -117,15 +120,26 @@ class SceneObject:
     size: np.ndarray
     yaw: float
     reflectivity: float
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))
+
+    @property
+    def moving(self) -> bool:
+        return bool(np.any(self.velocity != 0))
 
     def box7(self) -> np.ndarray:
         """(7,) x, y, z, dx, dy, dz, yaw: the label box (a cylinder's bounding box)."""
         return np.concatenate([self.center, self.size, [self.yaw]])
 
+    def footprint(self) -> tuple:
+        """(cx, cy, length, width, yaw): the ground rectangle it covers (a cylinder's bounding square)."""
+        return (float(self.center[0]), float(self.center[1]), float(self.size[0]), float(self.size[1]),
+                float(self.yaw))
+
 
 @dataclass
 class Scene:
-    """Ground plane ``z = ground_height + slope[0] * x + slope[1] * y`` plus static ``objects``."""
+    """Ground plane ``z = ground_height + slope[0] * x + slope[1] * y`` plus ``objects`` (their places at
+    time 0; moving ones drive with their ``velocity``, see ``at``)."""
 
     objects: List[SceneObject]
     ground_height: float = 0.0
@@ -136,9 +150,29 @@ class Scene:
     def ground_z(self, x, y):
         return self.ground_height + self.slope[0] * np.asarray(x) + self.slope[1] * np.asarray(y)
 
-    def boxes(self) -> np.ndarray:
-        """(K, 7) float64 label boxes of all objects (world frame)."""
-        return np.stack([o.box7() for o in self.objects]) if self.objects else np.zeros((0, 7))
+    def at(self, time: float) -> "Scene":
+        """The scene at ``time`` seconds: moving objects shifted by velocity * time along the ground (new
+        SceneObjects), static ones shared. Object ids (list positions) are kept."""
+        time = float(time)
+        if time == 0.0 or not any(o.moving for o in self.objects):
+            return self
+        objects = []
+        for obj in self.objects:
+            if obj.moving:
+                dx, dy = obj.velocity * time
+                shift = np.array([dx, dy, 0.0])
+                obj = replace(obj, center=obj.center + shift)
+            objects.append(obj)
+        return replace(self, objects=objects)
+
+    def boxes(self, time: float = 0.0) -> np.ndarray:
+        """(K, 7) float64 label boxes of all objects (world frame) at ``time`` seconds."""
+        objects = self.at(time).objects
+        return np.stack([o.box7() for o in objects]) if objects else np.zeros((0, 7))
+
+    def velocities(self) -> np.ndarray:
+        """(K, 2) float64 world x, y velocity (m/s) of every object (zeros for static ones)."""
+        return np.stack([o.velocity for o in self.objects]).astype(np.float64) if self.objects else np.zeros((0, 2))
 
     @property
     def kinds(self) -> List[str]:
@@ -152,23 +186,48 @@ OBJECT_KINDS = {
     "wall": ("box", ((5.0, 20.0), (0.2, 0.4), (1.0, 3.0)), 0.45),
     "pole": ("cylinder", ((0.15, 0.35), (0.0, 0.0), (4.0, 8.0)), 0.5),
     "trunk": ("cylinder", ((0.3, 0.8), (0.0, 0.0), (2.0, 5.0)), 0.25),
+    "pedestrian": ("cylinder", ((0.4, 0.6), (0.0, 0.0), (1.5, 1.9)), 0.35),
 }
+STATIC_COUNTS = {"car": 12, "building": 10, "wall": 6, "pole": 10, "trunk": 10}
+# moving traffic (moving=True): pedestrians on the sidewalks; cars in the two lanes beside the ego lane y = 0
+MOVING_COUNTS = {"pedestrian": 8, "oncoming_car": 3, "same_way_car": 2}
+LANE_Y = 2.4  # |y| of the lane centres: a car (width <= 2 m) keeps |y| >= 1.4 m, clear of the ego lane
+LANE_SPEED = (5.0, 12.0)  # m/s, one speed per lane: cars of a lane never close in on each other
+WALK_SPEED = (1.0, 1.8)  # m/s along the sidewalk, +x or -x
+SIDEWALK_WIDTH = 3.0  # pedestrians walk at road_half_width < |y| < road_half_width + SIDEWALK_WIDTH
 
 
 def make_scene(seed: int, length: float = 120.0, half_width: float = 60.0, road_half_width: float = 6.0,
-               counts: Optional[dict] = None, max_slope: float = 0.02) -> Scene:
-    """A procedural street along the world x axis, a pure function of ``seed``.
+               counts: Optional[dict] = None, max_slope: float = 0.02, moving: bool = False,
+               duration: float = 10.0) -> Scene:
+    """A procedural street along the world x axis, a pure function of ``seed`` (and the arguments).
 
     The road (|y| < road_half_width, x in [-length/2, length]) stays clear except for cars parked at its edges,
     so a sensor driving along y = 0 never enters an object. Buildings, walls, poles and trees stand beside it;
     objects do not overlap (bounding circles). ``counts`` overrides the number of each kind
     (default cars 12, buildings 10, walls 6, poles 10, trunks 10 = 48 primitives).
+
+    ``moving=True`` adds traffic on top of exactly that static street: cars driving along the lanes
+    y = +LANE_Y (``oncoming_car``, -x) and y = -LANE_Y (``same_way_car``, +x), one speed per lane in
+    LANE_SPEED, spaced along x; and pedestrians walking along the sidewalks (WALK_SPEED, +x or -x). Static objects
+    that reach into a lane's swept corridor (parked cars) are removed; nothing else of the static street changes. For
+    ``0 <= time <= duration`` no mover enters |y| < 1.4 m or touches another object (checked footprint
+    rectangles). Movers come after the static objects in ``scene.objects``; default counts MOVING_COUNTS.
     """
-    rng = np.random.default_rng([int(seed), 7])
-    counts = {"car": 12, "building": 10, "wall": 6, "pole": 10, "trunk": 10, **(counts or {})}
-    unknown = [k for k in counts if k not in OBJECT_KINDS]
+    counts = dict(counts or {})
+    unknown = [k for k in counts if k not in STATIC_COUNTS and k not in MOVING_COUNTS]
     if unknown:
-        raise ValueError(f"make_scene: unknown object kinds {unknown}; known: {', '.join(OBJECT_KINDS)}")
+        raise ValueError(f"make_scene: unknown object kinds {unknown}; known: "
+                         f"{', '.join([*STATIC_COUNTS, *MOVING_COUNTS])}")
+    given = {k: counts.pop(k) for k in list(counts) if k in MOVING_COUNTS}
+    if not moving and any(int(n) for n in given.values()):
+        raise ValueError(f"make_scene: counts for moving kinds {sorted(given)} need moving=True")
+    moving_counts = {**MOVING_COUNTS, **given}
+    if moving and (duration < 0 or road_half_width < LANE_Y + 1.5):
+        raise ValueError(f"make_scene: moving traffic needs duration >= 0 and road_half_width >= {LANE_Y + 1.5} "
+                         f"(two lanes beside the ego lane); got {duration}, {road_half_width}")
+    rng = np.random.default_rng([int(seed), 7])
+    counts = {**STATIC_COUNTS, **counts}
     scene = Scene([], ground_height=float(rng.uniform(-0.5, 0.5)),
                   slope=tuple(float(s) for s in rng.uniform(-max_slope, max_slope, 2)), seed=int(seed))
     placed = []  # (x, y, radius)
@@ -191,7 +250,82 @@ def make_scene(seed: int, length: float = 120.0, half_width: float = 60.0, road_
             center = np.array([x, y, bottom + size[2] / 2])
             scene.objects.append(SceneObject(kind, shape, center, size, float(yaw) if shape == "box" else 0.0,
                                              reflectivity * float(rng.uniform(0.8, 1.2))))
+    if moving:
+        _add_traffic(scene, np.random.default_rng([int(seed), 8]), moving_counts, x_lo, x_hi, road_half_width,
+                     float(duration))
     return scene
+
+
+def _add_traffic(scene: Scene, rng, counts, x_lo, x_hi, road_half_width, duration):
+    """Lane cars, then pedestrians, placed by rejection so that no swept footprint meets another object."""
+    movers = []
+    for kind, lane_y, direction in (("oncoming_car", LANE_Y, -1.0), ("same_way_car", -LANE_Y, 1.0)):
+        speed = float(rng.uniform(*LANE_SPEED))  # one speed per lane: spacing along x never shrinks
+        for _ in range(int(counts[kind])):
+            for _attempt in range(100):
+                obj = _propose_mover("car", rng, x_lo, x_hi, lane_y, direction * speed, scene)
+                if all(not _meet(obj, other, duration, 2.0) for other in movers):
+                    movers.append(obj)
+                    break
+    corridors = [_swept(obj, duration) for obj in movers]
+    scene.objects[:] = [o for o in scene.objects if not any(_rects_overlap(o.footprint(), c, 0.3) for c in corridors)]
+    static = list(scene.objects)
+    for _ in range(int(counts["pedestrian"])):
+        for _attempt in range(100):
+            side = float(rng.choice([-1.0, 1.0]))
+            diameter = float(rng.uniform(*OBJECT_KINDS["pedestrian"][1][0]))
+            y = side * (road_half_width + rng.uniform(diameter / 2 + 0.2, SIDEWALK_WIDTH - diameter / 2))
+            velocity = float(rng.choice([-1.0, 1.0])) * float(rng.uniform(*WALK_SPEED))
+            obj = _propose_mover("pedestrian", rng, x_lo, x_hi, y, velocity, scene, diameter)
+            if (not any(_rects_overlap(o.footprint(), _swept(obj, duration), 0.2) for o in static)
+                    and all(not _meet(obj, other, duration, 0.2) for other in movers)):
+                movers.append(obj)
+                break
+    scene.objects.extend(movers)
+
+
+def _propose_mover(kind, rng, x_lo, x_hi, y, vx, scene, diameter=None) -> SceneObject:
+    """A ``kind`` object at a random x in [x_lo, x_hi] on the line ``y``, moving with velocity (vx, 0),
+    yawed along its motion, standing on the ground."""
+    shape, ranges, reflectivity = OBJECT_KINDS[kind]
+    size = np.array([rng.uniform(*r) for r in ranges])
+    if shape == "cylinder":
+        size[0] = size[1] = size[0] if diameter is None else diameter
+    x = float(rng.uniform(x_lo, x_hi))
+    radius = 0.5 * float(np.hypot(size[0], size[1]))
+    center = np.array([x, y, _lowest_ground(scene, x, y, radius) + size[2] / 2])
+    return SceneObject(kind, shape, center, size, 0.0 if vx > 0 else float(np.pi),
+                       reflectivity * float(rng.uniform(0.8, 1.2)), np.array([vx, 0.0]))
+
+
+def _swept(obj: SceneObject, duration: float) -> tuple:
+    """The footprint rectangle an object moving along its yaw covers during [0, duration]."""
+    cx, cy, length, width, yaw = obj.footprint()
+    vx, vy = obj.velocity * duration
+    return cx + vx / 2, cy + vy / 2, length + float(np.hypot(vx, vy)), width, yaw
+
+
+def _meet(a: SceneObject, b: SceneObject, duration: float, margin: float) -> bool:
+    """Whether two movers come within ``margin`` during [0, duration]: equal velocities keep their offset,
+    otherwise (conservatively) their swept rectangles must stay apart."""
+    if np.array_equal(a.velocity, b.velocity):
+        return _rects_overlap(a.footprint(), b.footprint(), margin)
+    return _rects_overlap(_swept(a, duration), _swept(b, duration), margin)
+
+
+def _rects_overlap(a: tuple, b: tuple, margin: float = 0.0) -> bool:
+    """Whether two ground rectangles (cx, cy, length, width, yaw) come within ``margin`` (separating axes)."""
+    corners = []
+    for cx, cy, length, width, yaw in (a, b):
+        c, s = np.cos(yaw), np.sin(yaw)
+        local = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]]) * [length / 2, width / 2]
+        corners.append(local @ np.array([[c, s], [-s, c]]) + [cx, cy])
+    for yaw in (a[4], b[4]):
+        for axis in (np.array([np.cos(yaw), np.sin(yaw)]), np.array([-np.sin(yaw), np.cos(yaw)])):
+            pa, pb = corners[0] @ axis, corners[1] @ axis
+            if pa.max() + margin < pb.min() or pb.max() + margin < pa.min():
+                return False
+    return True
 
 
 def _propose(kind, size, rng, x_lo, x_hi, half_width, road_half_width):
@@ -369,13 +503,15 @@ class SimulatedSweep:
 def simulate_sweep(scene: Scene, pose: np.ndarray, beams="hdl64", rng: Optional[np.random.Generator] = None,
                    timestamp: float = 0.0) -> SimulatedSweep:
     """One sweep from a sensor at ``pose (4, 4)`` (sensor -> world). ``rng`` draws noise and dropout
-    (default: a fixed seed, so a call is deterministic)."""
+    (default: a fixed seed, so a call is deterministic). Rays meet ``scene.at(timestamp)``: moving objects
+    where they are at that time (the whole sweep is one instant)."""
     beams = beam_pattern(beams)
     rng = np.random.default_rng(0) if rng is None else rng
     pose = np.asarray(pose, np.float64)
     if pose.shape != (4, 4):
         raise ValueError(f"simulate_sweep: pose must be (4, 4) sensor -> world, got {pose.shape}")
     local_dirs, ring = beams.rays()
+    scene = scene.at(timestamp)
     hits = cast_rays(scene, pose[:3, 3], local_dirs @ pose[:3, :3].T)
     distance = hits.distance
     keep = (distance >= beams.min_range) & (distance <= beams.max_range)

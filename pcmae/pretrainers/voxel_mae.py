@@ -55,6 +55,7 @@ class VoxelMAE(nn.Module):
     voxels per hidden voxel; loss_weights: per target, a head is built only for a weight > 0.
     """
 
+    context_keys = ()  # batch keys besides "points" that predict_occupancy takes (TemporalMAE: the past frame)
     default_masking = {"type": "random", "ratio": 0.7}
     default_loss_weights = {"occupancy": 1.0, "num_points": 1.0, "chamfer": 1.0}
     moved_keys = {"embed_dim": "model.tokenizer.embed_dim (pointnet) and model.backbone.embed_dim (transformer)",
@@ -187,6 +188,10 @@ class VoxelMAE(nn.Module):
         "labels" (Q,) and "prob" (Q,) the predicted occupancy; with a point head also "points" (M, K, 3), metres,
         the rebuilt points of the M hidden voxels. ``generator`` (on the points' device) fixes mask and queries."""
         latent, mask, tokens = self.forward_encoder(points, generator)
+        return self.occupancy_outputs(latent, mask, tokens, generator)
+
+    def occupancy_outputs(self, latent, mask, tokens, generator: torch.Generator | None = None) -> dict:
+        """The tail of ``predict_occupancy`` after the encoder: queries, decoder, heads."""
         query_coords, query_centers, labels = self.draw_queries(tokens, mask, generator)
         decoded = self.forward_decoder(latent, tokens, mask, query_coords, query_centers)
         out = {"tokens": tokens, "mask": mask, "query_coords": query_coords, "query_centers": query_centers,
@@ -201,15 +206,21 @@ class VoxelMAE(nn.Module):
         """Bird's-eye view of each sweep of ``batch`` (the dataset's collate output, on the model's device):
         visible | hidden (truth) | query voxels predicted occupied -> uint8 image (H, W, 3). The mask is drawn
         from a generator seeded with ``seed`` (the global RNG is left alone); train / eval mode is restored."""
-        from pcmae.visualization import bev_figure, figure_to_array, occupancy_panels
+        from pcmae.visualization import bev_figure, figure_to_array
 
-        points = batch["points"]
-        generator = torch.Generator(device=points.points.device).manual_seed(seed)
         was_training = self.training
         self.eval()
         try:
-            out = self.predict_occupancy(points, generator)
+            panels = self.picture_panels(batch, seed)
         finally:
             self.train(was_training)
-        panels = occupancy_panels(out, points.batch_size)
         return figure_to_array(bev_figure(panels, extent=self.point_cloud_range))
+
+    def picture_panels(self, batch: dict, seed: int) -> list[dict]:
+        """One dict of BEV point sets per sample (``pcmae.visualization.occupancy_panels``)."""
+        from pcmae.visualization import occupancy_panels
+
+        points = batch["points"]
+        generator = torch.Generator(device=points.points.device).manual_seed(seed)
+        out = self.predict_occupancy(points, generator, **{key: batch[key] for key in self.context_keys})
+        return occupancy_panels(out, points.batch_size)
