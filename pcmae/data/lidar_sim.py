@@ -160,7 +160,7 @@ class Scene:
         for obj in self.objects:
             if obj.moving:
                 dx, dy = obj.velocity * time
-                shift = np.array([dx, dy, 0.0])
+                shift = np.array([dx, dy, self.slope[0] * dx + self.slope[1] * dy])
                 obj = replace(obj, center=obj.center + shift)
             objects.append(obj)
         return replace(self, objects=objects)
