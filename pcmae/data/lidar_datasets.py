@@ -389,13 +389,16 @@ class SimulatedLidarSweeps(_SweepDataset):
     (index of the object hit, -1 = ground), ``gt_boxes (K, 7)`` float32 x, y, z, dx, dy, dz, yaw in the sensor
     frame, ``gt_names`` and ``gt_object_id (K,)`` (objects whose centre is within the beams' max range).
     Beam overrides (None = the pattern's default): azimuth_resolution (deg), max_range, range_noise, dropout.
+    ``moving=True``: scenes with traffic (``make_scene(moving=True)``: driving cars, walking pedestrians); each
+    frame sees them, and ``gt_boxes`` holds them, where they are at the frame's time.
     """
 
     def __init__(self, num_frames: int = 64, beams: str = "hdl64", seed: int = 0, frames_per_scene: int = 16,
                  point_cloud_range: Optional[Sequence[float]] = None, speed: float = 10.0, frame_rate: float = 10.0,
                  azimuth_resolution: Optional[float] = None, max_range: Optional[float] = None,
                  range_noise: Optional[float] = None, dropout: Optional[float] = None, transforms=None,
-                 cache_size: int = 64, allow_empty: bool = False, augment_seed: Optional[int] = None):
+                 cache_size: int = 64, allow_empty: bool = False, augment_seed: Optional[int] = None,
+                 moving: bool = False):
         super().__init__(point_cloud_range, transforms, allow_empty, augment_seed)
         if num_frames < 1 or frames_per_scene < 1 or frame_rate <= 0 or speed < 0 or cache_size < 0:
             raise ValueError(f"SimulatedLidarSweeps: need num_frames >= 1, frames_per_scene >= 1, frame_rate > 0, "
@@ -406,6 +409,7 @@ class SimulatedLidarSweeps(_SweepDataset):
         self.beams = beam_pattern(beams, **{k: v for k, v in overrides.items() if v is not None})
         self.num_frames, self.frames_per_scene, self.scene_seed = int(num_frames), int(frames_per_scene), int(seed)
         self.speed, self.frame_rate, self.cache_size = float(speed), float(frame_rate), int(cache_size)
+        self.moving = bool(moving)
         self._frames: "OrderedDict[int, dict]" = OrderedDict()
         self._scenes: "OrderedDict[int, Any]" = OrderedDict()
 
@@ -417,7 +421,8 @@ class SimulatedLidarSweeps(_SweepDataset):
         if scene_idx not in self._scenes:
             path_length = self.frames_per_scene * self.speed / self.frame_rate
             seed = int(np.random.SeedSequence([self.scene_seed, scene_idx]).generate_state(1)[0])
-            self._scenes[scene_idx] = make_scene(seed, length=max(120.0, path_length + 60.0))
+            self._scenes[scene_idx] = make_scene(seed, length=max(120.0, path_length + 60.0), moving=self.moving,
+                                                 duration=self.frames_per_scene / self.frame_rate)
             while len(self._scenes) > 4:
                 self._scenes.popitem(last=False)
         return self._scenes[scene_idx]
@@ -433,7 +438,7 @@ class SimulatedLidarSweeps(_SweepDataset):
         pose = sensor_pose(scene, time, self.speed, sensor_height=self.beams.sensor_height)
         sweep = simulate_sweep(scene, pose, self.beams, np.random.default_rng([self.scene_seed, scene_idx, frame_idx]),
                                time)
-        boxes = boxes_in_sensor_frame(scene.boxes(), pose)
+        boxes = boxes_in_sensor_frame(scene.boxes(time), pose)
         near = np.hypot(boxes[:, 0], boxes[:, 1]) <= self.beams.max_range
         item = {"points": sweep.points, "pose": pose, "timestamp": time, "sample_idx": index,
                 "lidar_path": f"sim://{self.beams.name}/seed{self.scene_seed}/scene{scene_idx}/frame{frame_idx}",
