@@ -219,3 +219,27 @@ def test_bad_traffic_requests_are_refused():
         make_scene(0, moving=True, counts={"bus": 1})
     few = make_scene(0, moving=True, counts={"pedestrian": 0, "oncoming_car": 1, "same_way_car": 0})
     assert [o.kind for o in few.objects if o.moving] == ["car"]
+
+
+# ------------------------------------------------------------------------------------------ the dataset
+def test_simulated_sweeps_with_traffic_label_movers_where_they_are():
+    from pcmae.data import SimulatedLidarSweeps
+
+    kwargs = dict(num_frames=3, beams="hdl32", azimuth_resolution=1.0, range_noise=0.0, dropout=0.0,
+                  frames_per_scene=3, cache_size=0)
+    dataset = SimulatedLidarSweeps(moving=True, **kwargs)
+    assert "pedestrian" not in SimulatedLidarSweeps(**kwargs).scene(0).kinds  # the default stays static
+    scene = dataset.scene(0)
+    movers = {k for k, o in enumerate(scene.objects) if o.moving}
+    seen = set()
+    for index in (0, 2):
+        item = dataset[index]
+        object_id, boxes = item["object_id"].numpy(), item["gt_boxes"].numpy().astype(np.float64)
+        row = {int(k): r for r, k in enumerate(item["gt_object_id"].tolist())}
+        for k in set(np.unique(object_id).tolist()) & movers:
+            local = box_local(item["points"][object_id == k, :3].numpy().astype(np.float64), boxes[row[k]])
+            assert np.all(np.abs(local) <= boxes[row[k], 3:6] / 2 + 2e-3), (index, scene.objects[k].kind)
+            seen.add(scene.objects[k].kind)
+        np.testing.assert_allclose(boxes, boxes_in_sensor_frame(scene.boxes(item["timestamp"]), item["pose"].numpy())
+                                   [item["gt_object_id"].numpy()], atol=1e-4)
+    assert seen == {"car", "pedestrian"}
