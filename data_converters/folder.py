@@ -1,10 +1,12 @@
 """A folder of point-cloud files (one recording) -> info file + float32 sweeps.
 
     python -m data_converters.folder --root DIR --out OUT [--layout kitti|nuscenes|waymo|xyz]
-        [--columns intensity ...] [--poses POSES.txt] [--scene NAME] [--origin header|X,Y,Z] [--overwrite]
+        [--columns intensity ...] [--poses POSES.txt | --estimate-poses] [--scene NAME] [--origin header|X,Y,Z]
+        [--overwrite]
 
-Files ``.pcd .ply .las .laz .bin .npy`` are read with ``pcmae.io.load_points`` in name order as frames 0, 1, ...
-of one scene (NaN/inf points dropped). ``.bin`` files need ``--layout`` (their size cannot tell the columns).
+Files ``.pcd .ply .las .laz .bin .npy .txt`` are read with ``pcmae.io.load_points`` in name order as frames 0,
+1, ... of one scene (NaN/inf points dropped). ``.bin`` and ``.txt`` files (text, one point a line, comma- or
+space-separated, e.g. RADIATE's Velodyne CSVs linked as ``.txt``: ``--layout nuscenes``) need ``--layout``.
 Output columns: x, y, z plus ``--columns`` (fields of named formats, or column names of the layout); without
 ``--columns``: all layout columns when a layout is given, else x, y, z. A frame's key is
 ``folder_<scene>_<file stem>`` (``<stem>_<ext>`` when two files share a stem), its points ``points/<key>.bin``.
@@ -23,8 +25,10 @@ converts every frame again), so the info file always matches the points files.
   * TUM: ``timestamp tx ty tz qx qy qz qw`` (8 numbers; sensor -> world, Hamilton quaternion, scalar last);
     the timestamp (seconds) becomes the frame's timestamp, or
   * KITTI odometry: 12 numbers, the row-major 3 x 4 [R | t] sensor -> world (timestamp 0).
-The format is told by the count of numbers on the first line. Poses become ``ego2global``; lidar2ego is the
-identity (the poses are the sensor's). Without poses both are identity and timestamps 0.
+The format is told by the count of numbers on the first line; every pose must be rigid (R orthonormal within
+1e-3, det +1). Poses become ``ego2global``; lidar2ego is the identity (the poses are the sensor's). Without
+poses both are identity and timestamps 0. ``--estimate-poses``: poses from KISS-ICP odometry over the frames in
+order (``data_converters.odometry``; frame 0 = identity, timestamps stay 0).
 """
 from __future__ import annotations
 
@@ -38,12 +42,14 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from data_converters import odometry
 from data_converters.common import ConversionError, FrameResult, FrameTask, add_common_arguments, run_from_args
 from pcmae.io import BIN_LAYOUTS, PointCloudFormatError, load_points
 from pcmae.io.las import resolve_origin
 
-EXTENSIONS = (".pcd", ".ply", ".las", ".laz", ".bin", ".npy")
-ARRAY_EXTENSIONS = (".bin", ".npy")
+EXTENSIONS = (".pcd", ".ply", ".las", ".laz", ".bin", ".npy", ".txt")
+ARRAY_EXTENSIONS = (".bin", ".npy", ".txt")
+RIGID_TOLERANCE = 1e-3  # max |R^T R - I| of a pose line (KITTI files print 9+ digits)
 LAS_EXTENSIONS = (".las", ".laz")
 
 
@@ -87,6 +93,11 @@ def read_poses(path: Path) -> List[Tuple[float, np.ndarray]]:
         else:
             pose[:3] = np.reshape(values, (3, 4))
             poses.append((0.0, pose))
+        rotation = pose[:3, :3]
+        error = np.abs(rotation.T @ rotation - np.eye(3)).max()
+        if not (error <= RIGID_TOLERANCE and np.linalg.det(rotation) > 0):
+            raise ConversionError(f"{path}: line {number} is not a rigid transform (|R^T R - I| = {error:.3g}, "
+                                  f"det R = {np.linalg.det(rotation):.3g})")
     return poses
 
 
@@ -103,9 +114,10 @@ def output_columns(files: Sequence[Path], layout: Optional[str], columns: Sequen
         return ("x", "y", "z", *columns)
     if layout is not None:
         return BIN_LAYOUTS[layout]
-    if any(p.suffix.lower() == ".bin" for p in files):
-        raise ConversionError(f"{files[0].parent}: .bin files need --layout ({', '.join(BIN_LAYOUTS)}): their "
-                              f"size cannot tell the number of columns")
+    unnamed = sorted({p.suffix.lower() for p in files} & {".bin", ".txt"})
+    if unnamed:
+        raise ConversionError(f"{files[0].parent}: {' / '.join(unnamed)} files need --layout "
+                              f"({', '.join(BIN_LAYOUTS)}): they do not name their columns")
     npy = [p for p in files if p.suffix.lower() == ".npy"]
     if npy:
         width = np.load(npy[0], mmap_mode="r").shape[-1]
@@ -153,15 +165,25 @@ def build_tasks(root: Path, layout: Optional[str], columns: Sequence[str], poses
 
 
 def settings(layout: Optional[str], columns: Sequence[str], poses_file: Optional[Path], scene: str,
-             origin) -> dict:
+             origin, estimate: Optional[odometry.OdometryConfig] = None) -> dict:
     """What shapes the output (compared with the first run's by run_conversion)."""
     digest = hashlib.sha256(poses_file.read_bytes()).hexdigest() if poses_file else None
     return {"layout": layout, "columns": list(columns), "poses": str(poses_file) if poses_file else None,
-            "poses_sha256": digest, "scene": scene, "origin": origin}
+            "poses_sha256": digest, "scene": scene, "origin": origin, "odometry": odometry.settings_entry(estimate)}
+
+
+def odometry_frame(task: FrameTask):
+    """(xyz, per-point times or None) of a task's frame, for --estimate-poses (times: a timestamp/time column)."""
+    points = convert_one(task).points
+    fields = list(task.payload["fields"])
+    time_column = next((fields.index(n) for n in ("timestamp", "time", "t") if n in fields), None)
+    return points[:, :3], None if time_column is None else points[:, 3 + time_column]
 
 
 def convert_one(task: FrameTask) -> FrameResult:
     p = task.payload
+    if p["pose"] is None:
+        raise ConversionError("no pose: --estimate-poses could not read this frame")
     path = Path(task.source)
     suffix = path.suffix.lower()
     origin = np.zeros(3)
@@ -200,13 +222,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--scene", help="scene name (default: the folder's name)")
     parser.add_argument("--origin", help="LAS/LAZ local origin: 'header' (each file's header offset) or X,Y,Z, "
                                          "subtracted in float64 before the float32 cast")
+    odometry.add_odometry_arguments(parser)
     args = parser.parse_args(argv)
     scene = args.scene or args.root.resolve().name
     try:
+        if args.poses and args.estimate_poses:
+            raise ConversionError("--poses and --estimate-poses exclude each other")
+        estimate = odometry.config_from_args(args)
         origin = parse_origin(args.origin)
         tasks, columns = build_tasks(args.root, args.layout, args.columns, args.poses, scene, origin)
-        options = settings(args.layout, args.columns, args.poses, scene, origin)
-    except (ConversionError, ValueError, OSError) as err:
+        options = settings(args.layout, args.columns, args.poses, scene, origin, estimate)
+        if estimate is not None:
+            tasks = tasks[: max(args.limit, 0)] if args.limit is not None else tasks
+            odometry.check_earlier_run(args.out, "folder", tasks, columns, options, args.overwrite)
+            tasks = odometry.poses_for_tasks(tasks, odometry_frame, estimate, args.out, "folder", args.on_error)
+    except (ConversionError, ImportError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     metainfo = {"scene": scene, "pose_file": str(args.poses or ""), "origin": origin}

@@ -1,7 +1,7 @@
 """ROS1 / ROS2 bags with sensor_msgs/PointCloud2 -> info file + float32 sweeps (needs ``pip install rosbags``).
 
     python -m data_converters.rosbag --root BAG --out OUT --topic /points [--layout kitti|nuscenes|waymo|xyz]
-        [--odom-topic /odom [--odom-max-gap 0.1]]
+        [--odom-topic /odom [--odom-max-gap 0.1] | --estimate-poses]
 
 BAG is a ROS1 ``.bag`` file or a ROS2 bag folder (sqlite3 or mcap). Every message on ``--topic`` is a frame,
 in bag order, of one scene (the bag's name). Clouds are decoded in numpy from their PointField list (offsets,
@@ -11,7 +11,9 @@ metainfo["zero_filled_columns"]. The timestamp is the header stamp (the bag's lo
 
 ``--odom-topic`` (nav_msgs/Odometry): each cloud takes the pose of the odometry message nearest in log time
 (at most ``--odom-max-gap`` seconds away, else the frame fails) as ego2global; lidar2ego is the identity (the
-cloud's frame is taken to be the odometry child frame). Without it poses are identity.
+cloud's frame is taken to be the odometry child frame). ``--estimate-poses``: poses from KISS-ICP odometry over
+the clouds in bag order instead (``data_converters.odometry``; frame 0 = identity). Without either, poses are
+identity.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from data_converters import odometry
 from data_converters.common import ConversionError, FrameResult, FrameTask, add_common_arguments, run_from_args
 from data_converters.folder import quaternion_matrix, safe_name
 from pcmae.io import BIN_LAYOUTS
@@ -202,6 +205,8 @@ def convert_one(task: FrameTask) -> FrameResult:
     p = task.payload
     if p["pose_error"]:
         raise ConversionError(f"{task.source} (record {task.index}): no pose: {p['pose_error']}")
+    if p["pose"] is None:
+        raise ConversionError(f"{task.source} (record {task.index}): no pose: --estimate-poses could not read it")
     msg, log_time = _CURSOR.get(task.source, p["topic"], task.index)
     if log_time != p["log_time"]:
         raise ConversionError(f"{task.source}: message {task.index} of {p['topic']} has log time {log_time}, "
@@ -215,6 +220,13 @@ def convert_one(task: FrameTask) -> FrameResult:
     return FrameResult(points=points, info=info)
 
 
+def odometry_frame(task: FrameTask):
+    """(xyz, per-point times or None) of a task's cloud, for --estimate-poses (times: the timestamp column)."""
+    points = convert_one(task).points
+    columns = list(task.payload["columns"])
+    return points[:, :3], points[:, columns.index("timestamp")] if "timestamp" in columns else None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_converters.rosbag", description=__doc__.split("\n")[0])
     add_common_arguments(parser)
@@ -223,15 +235,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="output columns (default kitti: x, y, z, intensity)")
     parser.add_argument("--odom-topic", help="nav_msgs/Odometry topic giving each cloud's pose")
     parser.add_argument("--odom-max-gap", type=float, default=0.1, help="seconds (default 0.1)")
+    odometry.add_odometry_arguments(parser)
     args = parser.parse_args(argv)
     columns = BIN_LAYOUTS[args.layout]
     try:
+        if args.odom_topic and args.estimate_poses:
+            raise ConversionError("--odom-topic and --estimate-poses exclude each other")
+        estimate = odometry.config_from_args(args)
+        settings = {"odometry": odometry.settings_entry(estimate)}
         tasks, meta = bag_tasks(args.root, args.topic, columns, args.odom_topic, args.odom_max_gap)
-    except (ConversionError, ImportError) as err:
+        if estimate is not None:
+            tasks = tasks[: max(args.limit, 0)] if args.limit is not None else tasks
+            odometry.check_earlier_run(args.out, "rosbag", tasks, columns, settings, args.overwrite)
+            tasks = odometry.poses_for_tasks(tasks, odometry_frame, estimate, args.out, "rosbag", args.on_error)
+    except (ConversionError, ImportError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return run_from_args(args, dataset="rosbag", split=args.split or "all", tasks=tasks, convert_one=convert_one,
-                         columns=columns, metainfo=meta)
+                         columns=columns, metainfo=meta, settings=settings)
 
 
 if __name__ == "__main__":
