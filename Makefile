@@ -16,6 +16,9 @@ $(BIN)/activate: pyproject.toml
 	$(BIN)/pip install -q --no-deps "waymo-open-dataset-tf-2-12-0==1.6.7"
 	# nuscenes-devkit pins numpy<2; its real dependencies come with the extras above
 	$(BIN)/pip install -q --no-deps "nuscenes-devkit==1.2.0"
+	# ouster-sdk pins rosbags==0.9.23 (the bag converter needs >=0.11) and flask==3.0; its .osf/.pcap readers need
+	# only numpy and rosbags, which come with the extras above
+	$(BIN)/pip install -q --no-deps "ouster-sdk==1.0.1"
 	touch $@
 
 venv: $(BIN)/activate
