@@ -25,7 +25,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
@@ -138,6 +137,7 @@ def poses_for_tasks(tasks: Sequence, read_frame: Callable[[object], Frame], conf
     frame order. Poses are read from / written to ``OUT/<dataset>_odometry.json``. A frame ``read_frame`` cannot
     read raises a ConversionError naming it (on_error "stop"), or ("skip") is left out of the odometry with pose None:
     its conversion fails the same way and is listed with the other failures."""
+    _kiss_icp()  # a missing package is reported before any frame is read
     path = Path(out_dir) / f"{dataset}_odometry.json"
     fingerprint = _fingerprint(tasks)
     setting = settings_entry(config)
@@ -151,7 +151,7 @@ def poses_for_tasks(tasks: Sequence, read_frame: Callable[[object], Frame], conf
             scenes.setdefault(task.payload["scene"], []).append(task)
         for scene, scene_tasks in scenes.items():
             if progress:
-                print(f"odometry (KISS-ICP): {len(scene_tasks)} frames of {scene}", file=sys.stderr)
+                print(f"odometry (KISS-ICP): {len(scene_tasks)} frames of {scene}")
             readable = []
 
             def frames():
