@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed of pcmae against the libraries it could have used, all measured in one run, as markdown tables.
 
-    python tools/benchmark.py [--sections ops,train,voxelize,lidar_step,converters,detector,transformer_bev] [--sizes 1000,8000,100000] [--voxel-sizes 100000,1000000,2000000] [--threads 1,2] [--repeats 3] [--device cpu]
+    python tools/benchmark.py [--sections ops,train,voxelize,lidar_step,converters,detector,transformer_bev,odometry] [--sizes 1000,8000,100000] [--voxel-sizes 100000,1000000,2000000] [--threads 1,2] [--repeats 3] [--device cpu]
 
 One timing rule for every pair (benchmarks/timing.py): each implementation is called once to warm up, then
 ``--repeats`` times, the implementations interleaved call by call, and the median is reported (wall time, and
@@ -20,7 +20,9 @@ spconv's voxelizer are serial C++. Every equality column is computed. Sections:
   converters  frames per second per worker of each data converter, 1 and 2 workers (benchmarks/converters.py);
   detector  a training step of each configs/mmdet3d detector on a real sweep, pcmae's encoder next to mmdet3d's own
             SparseEncoder with the BEV maps compared (benchmarks/detector.py; needs make venv-mmdet3d);
-  transformer_bev  the transformer BEV encoder's forward + backward time against its token count.
+  transformer_bev  the transformer BEV encoder's forward + backward time against its token count;
+  odometry  KISS-ICP poses (--estimate-poses) against the recorded poses of the shared real sequences, and the
+            frames' overlap raw / aligned (benchmarks/odometry.py; needs kiss-icp, pyarrow, ouster-sdk).
 
 Adding a section: write ``def bench_NAME(args) -> list[dict]`` (one dict per table row, same keys in every
 row; ``args`` is the parsed command line, add options in ``parse_args``) and register it in ``SECTIONS``.
@@ -43,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 from benchmarks import converters  # noqa: E402
 from benchmarks.detector import bench_detector, bench_transformer_bev  # noqa: E402
 from benchmarks.lidar_step import bench_lidar_step  # noqa: E402
+from benchmarks.odometry import bench_odometry  # noqa: E402
 from benchmarks.train import bench_train  # noqa: E402
 from benchmarks.timing import median_wall_and_cpu_ms, torch_threads  # noqa: E402
 from benchmarks.voxelize import bench_voxelize, format_rows  # noqa: E402
@@ -286,6 +289,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "converters": bench_converters_section,
     "detector": bench_detector,
     "transformer_bev": bench_transformer_bev,
+    "odometry": bench_odometry,
 }
 
 
