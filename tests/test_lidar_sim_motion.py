@@ -17,12 +17,22 @@ def to_frame(points, transform):
 
 
 def point_to_plane(source, target, k=8):
-    """(N,) distance of each source point to the plane through its k nearest target points (both (., 3))."""
+    """Distance of each source point (N, 3) to the plane through its k nearest target points (M, 3); points whose
+    neighbours lie on one scan line (no plane) are left out."""
     _, index = cKDTree(target).query(source, k)
     neighbours = target[index]
     centre = neighbours.mean(1)
-    normal = np.linalg.svd(neighbours - centre[:, None])[2][:, 2]
-    return np.abs(np.einsum("ij,ij->i", source - centre, normal))
+    _, spread, axes = np.linalg.svd(neighbours - centre[:, None])
+    distance = np.abs(np.einsum("ij,ij->i", source - centre, axes[:, 2]))
+    return distance[spread[:, 1] > 0.2 * spread[:, 0]]
+
+
+def shift_along(source, target, direction, span=2.0, step=0.02):
+    """The shift s in [-span, span] along ``direction`` (3,) that best lays ``source`` onto ``target``
+    (least mean nearest-point distance, capped at 0.5 m)."""
+    tree, shifts = cKDTree(target), np.arange(-span, span + step / 2, step)
+    cost = [np.minimum(tree.query(source + s * direction)[0], 0.5).mean() for s in shifts]
+    return shifts[int(np.argmin(cost))]
 
 
 def box_local(xyz, box7):
@@ -119,6 +129,9 @@ def test_moving_cars_land_on_themselves_only_with_their_own_motion(scene, sequen
         motion = np.array([dx, dy, scene.slope[0] * dx + scene.slope[1] * dy])
         shift = after.pose[:3, :3] @ (target.mean(0) - ego_aligned.mean(0))  # centroid shift, world axes
         assert np.linalg.norm(shift[:2] - motion[:2]) < min(0.3, 0.5 * np.linalg.norm(motion[:2])), (k, shift, motion)
+        speed = np.linalg.norm(obj.velocity)
+        searched = shift_along(ego_aligned, target, world_to_after @ motion / (speed * dt))  # along the motion
+        assert searched == pytest.approx(speed * dt, abs=0.05)
         assert np.median(point_to_plane(ego_aligned, target)) > 0.3
         assert np.median(point_to_plane(ego_aligned + world_to_after @ motion, target)) < 0.05
         checked += 1
