@@ -14,9 +14,10 @@ prefix (``--limit``) equal those of the full run.
 
 Converters (folder, rosbag, ouster) call ``poses_for_tasks`` from their ``main`` with ``--estimate-poses``: it
 reads every frame once, in order, per scene, and keeps the poses in ``OUT/<dataset>_odometry.json`` (written
-atomically) together with the odometry settings and a fingerprint of the sources (path, size, mtime); a re-run
-with the same frames and settings reads the file instead of running odometry again, so frames converted in
-different runs share one trajectory. The poses become each task's payload ``"pose"`` (written as ego2global =
+atomically) together with the odometry settings and a fingerprint per frame (source path, size, mtime); a re-run
+with the same frames and settings reads the file instead of running odometry again, and a re-run whose odometry
+would give an already converted frame another pose is refused, so the frames of a scene converted in different
+runs share one trajectory. The poses become each task's payload ``"pose"`` (written as ego2global =
 lidar2global, lidar2ego = identity, as for a ``--poses`` file).
 """
 from __future__ import annotations
@@ -131,61 +132,89 @@ def check_earlier_run(out_dir: Path, dataset: str, tasks: Sequence, columns: Seq
 
 
 def poses_for_tasks(tasks: Sequence, read_frame: Callable[[object], Frame], config: OdometryConfig,
-                    out_dir: Path, dataset: str, on_error: str = "stop", progress: bool = True) -> list:
+                    out_dir: Path, dataset: str, on_error: str = "stop", overwrite: bool = False,
+                    progress: bool = True) -> list:
     """``tasks`` with payload["pose"] set to the odometry pose of each frame (per payload["scene"], frame 0 of
     each scene = identity). ``read_frame(task)`` gives the frame's xyz (or (xyz, times)); tasks must be in
-    frame order. Poses are read from / written to ``OUT/<dataset>_odometry.json``. A frame ``read_frame`` cannot
-    read raises a ConversionError naming it (on_error "stop"), or ("skip") is left out of the odometry with pose None:
-    its conversion fails the same way and is listed with the other failures."""
+    frame order. A frame ``read_frame`` cannot read raises a ConversionError naming it (on_error "stop"), or
+    ("skip") is left out of the odometry with pose None: its conversion fails the same way and is listed with
+    the other failures.
+
+    ``OUT/<dataset>_odometry.json`` keeps the poses with the settings and a fingerprint per frame (source path,
+    size, mtime): when every frame matches, its poses are used as they are. Otherwise odometry runs again, and a
+    frame already converted (``frames/<key>.pkl``) whose pose comes out different (its sources changed, e.g. a
+    damaged frame before it was repaired) raises ConversionError unless ``overwrite``: a scene must not mix
+    two trajectories."""
     _kiss_icp()  # a missing package is reported before any frame is read
     path = Path(out_dir) / f"{dataset}_odometry.json"
-    fingerprint = _fingerprint(tasks)
     setting = settings_entry(config)
+    fingerprints = _fingerprints(tasks)
     stored = _read_poses_file(path)
-    if stored and stored.get("settings") == setting and stored.get("fingerprint") == fingerprint:
+    if not stored or stored.get("settings") != setting:
+        stored = {"poses": {}, "unread": [], "fingerprints": {}}
+    known = set(stored["poses"]) | set(stored["unread"])
+    if all(key in known and stored["fingerprints"].get(key) == value for key, value in fingerprints.items()):
         poses = {key: np.asarray(pose, np.float64) for key, pose in stored["poses"].items()}
     else:
-        poses = {}
-        scenes: dict = {}
-        for task in tasks:
-            scenes.setdefault(task.payload["scene"], []).append(task)
-        for scene, scene_tasks in scenes.items():
-            if progress:
-                print(f"odometry (KISS-ICP): {len(scene_tasks)} frames of {scene}")
-            readable = []
-
-            def frames():
-                for task in scene_tasks:
-                    try:
-                        frame = read_frame(task)
-                    except Exception as err:  # noqa: BLE001 - as run_conversion: any reader error names the frame
-                        if on_error == "stop":
-                            raise ConversionError(_error_message(task, err)) from None
-                        continue
-                    readable.append(task)
-                    yield frame
-            estimated = estimate_poses(frames(), config)
-            poses.update({task.key: pose for task, pose in zip(readable, estimated)})
-        content = {"settings": setting, "fingerprint": fingerprint,
-                   "poses": {key: pose.tolist() for key, pose in poses.items()}}
+        poses = _run_odometry(tasks, read_frame, config, on_error, progress)
+        changed = [task.key for task in tasks if task.key in stored["poses"]
+                   and (Path(out_dir) / "frames" / f"{task.key}.pkl").exists()
+                   and not np.array_equal(np.asarray(stored["poses"][task.key]), poses.get(task.key))]
+        if changed and not overwrite:
+            raise ConversionError(f"{path}: odometry now gives other poses for {len(changed)} converted frame(s) "
+                                  f"(first {changed[0]}): their sources changed; pass --overwrite to convert every "
+                                  f"frame with the new poses")
+        content = {"settings": setting, "fingerprints": fingerprints,
+                   "poses": {key: pose.tolist() for key, pose in poses.items()},
+                   "unread": [task.key for task in tasks if task.key not in poses]}
         atomic_write(path, lambda f: f.write(json.dumps(content).encode()))
     return [replace(task, payload={**task.payload, "pose": poses[task.key].tolist() if task.key in poses else None})
             for task in tasks]
+
+
+def _run_odometry(tasks: Sequence, read_frame, config: OdometryConfig, on_error: str, progress: bool) -> dict:
+    """{key: (4, 4) pose} of the readable frames, odometry per scene in task order."""
+    poses = {}
+    scenes: dict = {}
+    for task in tasks:
+        scenes.setdefault(task.payload["scene"], []).append(task)
+    for scene, scene_tasks in scenes.items():
+        if progress:
+            print(f"odometry (KISS-ICP): {len(scene_tasks)} frames of {scene}")
+        readable = []
+
+        def frames():
+            for task in scene_tasks:
+                try:
+                    frame = read_frame(task)
+                except Exception as err:  # noqa: BLE001 - as run_conversion: any reader error names the frame
+                    if on_error == "stop":
+                        raise ConversionError(_error_message(task, err)) from None
+                    continue
+                readable.append(task)
+                yield frame
+        estimated = estimate_poses(frames(), config)
+        poses.update({task.key: pose for task, pose in zip(readable, estimated)})
+    return poses
 
 
 def _read_poses_file(path: Path) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (ValueError, OSError):  # an edited / foreign file: odometry runs again and replaces it
+        content = json.loads(path.read_text())
+        if not all(isinstance(content.get(name), kind) for name, kind in
+                   (("poses", dict), ("unread", list), ("fingerprints", dict))):
+            return None
+        return content
+    except (ValueError, OSError, AttributeError):  # an edited / foreign file: odometry runs again and replaces it
         return None
 
 
-def _fingerprint(tasks: Sequence) -> str:
-    """sha256 of the tasks' keys, sources (path, size, mtime) and record indices, in order."""
-    digest = hashlib.sha256()
+def _fingerprints(tasks: Sequence) -> dict:
+    """{key: sha256 of the task's source (path, size, mtime) and record index}."""
     stats: dict = {}
+    out = {}
     for task in tasks:
         if task.source not in stats:
             try:
@@ -193,8 +222,9 @@ def _fingerprint(tasks: Sequence) -> str:
                 stats[task.source] = (stat.st_size, stat.st_mtime_ns)
             except OSError:
                 stats[task.source] = None
-        digest.update(repr((task.key, task.source, task.index, stats[task.source])).encode())
-    return digest.hexdigest()
+        text = repr((task.source, task.index, stats[task.source]))
+        out[task.key] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return out
 
 
 def relative_errors(estimated: np.ndarray, reference: np.ndarray) -> List[Tuple[float, float]]:

@@ -235,7 +235,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "odometry": odometry.settings_entry(estimate)}
         if estimate is not None:
             odometry.check_earlier_run(args.out, DATASET, tasks, columns, settings, args.overwrite)
-            tasks = odometry.poses_for_tasks(tasks, odometry_frame, estimate, args.out, DATASET, args.on_error)
+            tasks = odometry.poses_for_tasks(tasks, odometry_frame, estimate, args.out, DATASET, args.on_error,
+                                             args.overwrite)
     except (ConversionError, ImportError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -247,7 +247,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if estimate is not None:
             tasks = tasks[: max(args.limit, 0)] if args.limit is not None else tasks
             odometry.check_earlier_run(args.out, "rosbag", tasks, columns, settings, args.overwrite)
-            tasks = odometry.poses_for_tasks(tasks, odometry_frame, estimate, args.out, "rosbag", args.on_error)
+            tasks = odometry.poses_for_tasks(tasks, odometry_frame, estimate, args.out, "rosbag", args.on_error,
+                                             args.overwrite)
     except (ConversionError, ImportError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

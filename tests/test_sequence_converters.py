@@ -338,6 +338,21 @@ def test_folder_estimate_poses_on_real_scans(ouster_scans, ouster_files, tmp_pat
     estimated = np.asarray([e["lidar2global"] for e in info["data_list"]])
     assert_motion_matches(estimated, kitti_poses(ouster_files["poses"]))
     assert [e["frame_index"] for e in info["data_list"]] == [0, 1, 2]
+    # the damaged file repaired: odometry now sees 4 frames; the 3 converted ones keep their poses (KISS-ICP is
+    # causal), so the run only adds frame 3 ...
+    capsys.readouterr()
+    np.save(root / "000003.npy", ouster_scans[2][:, :4])
+    assert folder.main(["--root", str(root), "--out", str(out), "--estimate-poses", "--on-error", "skip"]) == 0
+    assert "converted 1, already done 3" in capsys.readouterr().out
+    info = load_pickle(out / "folder_infos_all.pkl")
+    np.testing.assert_array_equal([e["lidar2global"] for e in info["data_list"][:3]], estimated)
+    # ... but a changed source that moves the poses of converted frames is refused (one scene, one trajectory)
+    np.save(root / "000001.npy", ouster_scans[0][:, :4])
+    assert folder.main(["--root", str(root), "--out", str(out), "--estimate-poses"]) == 1
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: {out / 'folder_odometry.json'}: odometry now gives other poses for ")
+    assert line.endswith("pass --overwrite to convert every frame with the new poses")
+    assert folder.main(["--root", str(root), "--out", str(out), "--estimate-poses", "--overwrite"]) == 0
     assert folder.main(["--root", str(root), "--out", str(tmp_path / "o2"), "--estimate-poses", "--poses",
                         str(ouster_files["poses"])]) == 1
     assert one_error_line(capsys) == "error: --poses and --estimate-poses exclude each other"
