@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import hashlib
 import sys
 from pathlib import Path
@@ -43,6 +44,7 @@ DERIVED = ("ring", "column", "time")
 DEFAULT_COLUMNS = ("reflectivity", "ring")
 
 
+@functools.lru_cache(maxsize=None)
 def _sdk():
     """(open_source, core, osf) of ouster-sdk, with its C++ log quiet below errors (errors are ours to report)."""
     try:
