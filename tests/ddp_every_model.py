@@ -47,7 +47,16 @@ REGISTERED = {
         type="RadialMAE", **GRID, point_channels=4, tokenizer={"type": "pointnet", "embed_dim": 8},
         backbone=SPARSE_CONV, masking={"type": "radial", "ratio": 0.5, "sector_deg": 10.0},
         loss_weights={"num_points": 0.5, "chamfer": 1.0}, num_pred_points=4),
+    "TemporalMAE-transformer-shared": dict(
+        type="TemporalMAE", **GRID, point_channels=4, tokenizer={"type": "pointnet", "embed_dim": 16, "hidden_dim": 16},
+        backbone=TRANSFORMER, masking={"type": "random", "ratio": 0.75}, num_pred_points=4, share_encoder=True,
+        fusion={"depth": 1, "num_heads": 2, "patch_size": 16}),
+    "TemporalMAE-sparse_conv-separate": dict(
+        type="TemporalMAE", **GRID, point_channels=4, tokenizer={"type": "mean"}, backbone=SPARSE_CONV,
+        masking={"type": "radial", "ratio": 0.75, "sector_deg": 10.0}, num_pred_points=4, share_encoder=False,
+        fusion={"depth": 1, "num_heads": 2, "patch_size": 16}),
 }
+LIDAR_MODELS = ("VoxelMAE", "RadialMAE", "TemporalMAE")
 
 
 def shipped_configs() -> list[str]:
@@ -83,10 +92,11 @@ def needs_spconv(cfg: dict) -> bool:
 
 
 def make_batch(cfg: dict, seed: int) -> dict:
-    """A batch the model's dataset would give: packed LiDAR sweeps (2 samples, points spread over the range) or
-    object clouds (2, 64, 3) (+ labels for a classifier)."""
+    """A batch the model's dataset would give: packed LiDAR sweeps (2 samples, points spread over the range; temporal
+    models also a past frame, the same sweeps moved by up to 1 m, and dt) or object clouds (2, 64, 3) (+ labels for
+    a classifier)."""
     g = torch.Generator().manual_seed(seed)
-    if cfg["type"] in ("VoxelMAE", "RadialMAE"):
+    if cfg["type"] in LIDAR_MODELS:
         from pcmae.structures import PointBatch
 
         lo, hi = (torch.tensor(cfg.get("point_cloud_range", [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0])).view(2, 3))
@@ -97,7 +107,12 @@ def make_batch(cfg: dict, seed: int) -> dict:
             xyz = torch.cat([xyz, xyz[: n // 2] + torch.randn(n // 2, 3, generator=g) * 0.05])  # neighbours, repeats
             xyz = torch.minimum(torch.maximum(xyz, lo), lo + (hi - lo) * 0.999)
             clouds.append(torch.cat([xyz, torch.rand(len(xyz), channels - 3, generator=g)], dim=1))
-        return {"points": PointBatch.from_list(clouds)}
+        batch = {"points": PointBatch.from_list(clouds)}
+        if cfg["type"] == "TemporalMAE":
+            past = [torch.cat([c[:, :2] + torch.rand(2, generator=g) - 0.5, c[:, 2:]], dim=1) for c in clouds]
+            batch["past_points"] = PointBatch.from_list(past)
+            batch["dt"] = torch.tensor([0.1, 0.2])
+        return batch
     batch = {"points": torch.randn(2, 64, 3, generator=g)}
     if cfg["type"] == "PointClassifier":
         batch["label"] = torch.randint(0, cfg.get("num_classes", 40), (2,), generator=g)

@@ -39,7 +39,7 @@ def test_every_registered_part_has_a_tiny_case():
     assert {c["type"] for c in cfgs} == package_entries(MODELS)
     assert {c["backbone"]["type"] for c in cfgs if "backbone" in c} == package_entries(BACKBONES)
     assert {c["tokenizer"]["type"] for c in cfgs if "tokenizer" in c} == package_entries(TOKENIZERS)
-    lidar = [c for c in cfgs if c["type"] in ("VoxelMAE", "RadialMAE")]
+    lidar = [c for c in cfgs if c["type"] in ("VoxelMAE", "RadialMAE", "TemporalMAE")]
     rules = {(c.get("masking") or MODELS.get(c["type"]).default_masking)["type"] for c in lidar}
     assert rules == package_entries(MASKINGS)
     assert len(shipped_configs()) >= 20 and all(f"config:{p}" in CASES for p in shipped_configs())

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Reconstruction quality of a LiDAR masked autoencoder (VoxelMAE / RadialMAE) on sweeps it did not train on,
-next to the strongest trivial answers.
+"""Reconstruction quality of a LiDAR masked autoencoder (VoxelMAE / RadialMAE / TemporalMAE) on sweeps it did not
+train on, next to the strongest trivial answers.
 
     python tools/evaluate.py configs/voxel_mae/kitti_shared.yaml --checkpoint work_dirs/vm/checkpoint_last.pth
     python tools/evaluate.py CONFIG --checkpoint CKPT --sweeps a.bin b.bin --layout kitti --plot bev.png
     python tools/evaluate.py CONFIG --checkpoint CKPT --info-file data/kitti/kitti_infos_val.pkl
+    python tools/evaluate.py configs/temporal_mae/demo.yaml --checkpoint T.pth \
+        --compare single_frame configs/temporal_mae/demo_single_frame.yaml S.pth
 
 Each sweep is cropped to the model's range and masked with the model's own rule under each of ``--seeds``; the
 model is asked about the hidden occupied voxels and sampled empty ones (pcmae/evaluation/occupancy.py). Printed
@@ -16,6 +18,10 @@ prior is fitted on the unaugmented training sweeps with the mask of seed 0 (dete
 ``--output``; ``--prior`` reuses it.
 Sweeps: ``--sweeps`` files, ``--info-file`` (an mmdet3d-style info file, e.g. a pcmae converter's output), else
 the config's ``data.val`` dataset (tools/pretrain.py does not train on it).
+Temporal models (TemporalMAE) are evaluated on frame pairs (``LidarSequence``; an ``--info-file`` is paired with
+``--gap`` / ``--frame-period``) and get one more baseline, "copy the aligned past frame" (a hidden voxel is
+occupied when the past frame has points in it). ``--compare NAME CONFIG CHECKPOINT`` scores other models on the
+very same hidden and empty voxels (e.g. a single-frame Voxel-MAE of the same grid and masking).
 """
 from __future__ import annotations
 
@@ -25,17 +31,18 @@ import json
 import math
 from pathlib import Path
 
-from pcmae.data import LidarSweeps
+from pcmae.data import LidarSequence, LidarSweeps
 from pcmae.engine.build import build_dataset, build_model, command_line, load_checked_config
 from pcmae.engine.checkpoint import atomic_write, load_model_weights
 from pcmae.engine.distributed import pick_device
 from pcmae.evaluation.baselines import RangePrior
 from pcmae.evaluation.bev import save_model_bev
-from pcmae.evaluation.occupancy import PREDICTORS, evaluate_dataset, fit_range_prior
+from pcmae.evaluation.occupancy import evaluate_dataset, fit_range_prior
 from pcmae.io import BIN_LAYOUTS
 
 NAMES = {"model": "model", "neighbour": "visible-neighbour baseline", "range_prior": "range prior (train rate)",
-         "all_occupied": "all occupied", "none_occupied": "none occupied"}
+         "all_occupied": "all occupied", "none_occupied": "none occupied",
+         "copy_past": "copy the aligned past frame"}
 
 
 def _unaugmented(cfg: dict) -> dict:
@@ -47,7 +54,7 @@ def _unaugmented(cfg: dict) -> dict:
     return cfg
 
 
-def eval_dataset(cfg: dict, args):
+def eval_dataset(cfg: dict, args, model):
     if args.sweeps and args.info_file:
         raise SystemExit("tools/evaluate.py: give --sweeps or --info-file, not both")
     if args.sweeps:
@@ -56,6 +63,13 @@ def eval_dataset(cfg: dict, args):
             raise SystemExit(f"tools/evaluate.py: {raw[0]} is a raw .bin sweep; give --layout (one of "
                              f"{', '.join(BIN_LAYOUTS)}) to say how many columns it has")
         return LidarSweeps(sweeps=args.sweeps, layout=args.layout)
+    temporal = "past_points" in getattr(model, "context_keys", ())
+    if args.info_file and temporal:
+        frames = {"type": "LidarSweeps", "info_file": args.info_file, "layout": args.layout}
+        return LidarSequence(frames, gap=args.gap, frame_period=args.frame_period)
+    if args.sweeps and temporal:
+        raise SystemExit("tools/evaluate.py: a temporal model needs frames with poses: give --info-file (a "
+                         "converter's output) or use the config's data.val")
     if args.info_file:
         dataset = LidarSweeps(info_file=args.info_file, layout=args.layout)
         if dataset.layout is None and dataset.num_columns is None and any(
@@ -91,11 +105,11 @@ def print_result(result: dict) -> None:
     print("| predictor | precision | recall | F1 | AUROC | AP | AUROC, same visible neighbours | "
           + " | ".join(bin_names) + " |")
     print("|---" * (7 + len(bins)) + "|")
-    for key in PREDICTORS:
+    for key in result["predictors"]:
         r = result["predictors"][key]
         cells = [_fmt(r[k]) for k in ("precision", "recall", "f1", "auroc", "ap", "auroc_same_neighbours")]
         cells += [_fmt(row["f1"]) for row in r["by_range"]]
-        print(f"| {NAMES[key]} | " + " | ".join(cells) + " |")
+        print(f"| {NAMES.get(key, key)} | " + " | ".join(cells) + " |")
     counts = ", ".join(f"{row['num_queries']} ({_fmt(row['occupied_rate'])})"
                        for row in result["predictors"]["model"]["by_range"])
     print(f"queries per distance bin (occupied rate): {counts}")
@@ -115,6 +129,11 @@ def main(argv=None):
     parser.add_argument("--prior", help="reuse the range prior of an earlier --output JSON of this config (else it is "
                         "fitted on the config's data.train sweeps)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="mask draws per sweep")
+    parser.add_argument("--compare", nargs=3, action="append", default=[], metavar=("NAME", "CONFIG", "CHECKPOINT"),
+                        help="also score this model on the same hidden / query voxels (repeatable)")
+    parser.add_argument("--gap", type=int, default=1, help="temporal models on --info-file: frames back to the past")
+    parser.add_argument("--frame-period", type=float, help="temporal models on --info-file: seconds per frame, "
+                        "for logs without timestamps")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when present")
     parser.add_argument("--plot", help="write a bird's-eye-view PNG of the first sweeps here")
@@ -129,14 +148,20 @@ def main(argv=None):
                          f"(VoxelMAE / RadialMAE)")
     load_model_weights(model, args.checkpoint, expected_type=cfg["model"].get("type"))
     model.to(pick_device(args.device)).eval()
-    dataset = eval_dataset(cfg, args)
+    compare = {}
+    for name, config, checkpoint in args.compare:
+        other_cfg = load_checked_config(config, [])
+        compare[name] = build_model(other_cfg["model"])
+        load_model_weights(compare[name], checkpoint, expected_type=other_cfg["model"].get("type"))
+        compare[name].to(pick_device(args.device)).eval()
+    dataset = eval_dataset(cfg, args, model)
     pc_range = model.tokenizer.pc_range.tolist()
     if args.prior:
         prior = load_prior(args.prior)
     else:
         prior = fit_range_prior(model, build_dataset(_unaugmented(cfg["data"]["train"]), where="data.train"),
                                 pc_range)
-    result = evaluate_dataset(model, dataset, pc_range, prior, args.seeds)
+    result = evaluate_dataset(model, dataset, pc_range, prior, args.seeds, compare=compare)
     print_result(result)
     if args.plot:
         print(f"bird's-eye view: {save_model_bev(model, dataset, args.plot, num_samples=min(2, len(dataset)))}")
