@@ -266,7 +266,11 @@ def test_temporal_config_errors_are_one_line():
         build_model(dict(TINY, share_encoder="yes"))
     with pytest.raises(ConfigError, match=r"model.fusion"):
         build_model(dict(TINY, fusion={"dept": 2}))
+    with pytest.raises(ConfigError, match=r"model.query_fusion"):
+        build_model(dict(TINY, query_fusion={"window": 8}))
+    assert build_model(dict(TINY, query_fusion={"depth": 0})).query_fusion is None  # T-MAE's own design
     model = build_model(dict(TINY))
+    assert model.query_fusion is not None
     points = PointBatch.from_list([torch.rand(50, 5)])
     with pytest.raises(ValueError, match="needs past_points and dt"):
         model.predict_occupancy(points)

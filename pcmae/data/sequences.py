@@ -67,6 +67,8 @@ class LidarSequence(Dataset):
       with themselves (dt = 0).
     frame_period: seconds per frame; when set, dt = k * frame_period, else dt = timestamp difference (which must
       then increase along each scene).
+    frame_range: [first, stop): only current frames with first <= frame_index < stop (a held-out tail of a log;
+      their past frames may lie before ``first``).
     point_cloud_range / transforms: applied to both frames together (one random draw), in the current frame.
     Every frame needs a rigid pose (``lidar2global``): a frame without one raises SequenceError naming it.
     """
@@ -74,7 +76,8 @@ class LidarSequence(Dataset):
     collate_fn = staticmethod(collate_sequences)
 
     def __init__(self, frames: Mapping[str, Any], gap: Union[int, Sequence[int]] = 1, no_past: str = "skip",
-                 frame_period: Optional[float] = None, point_cloud_range: Optional[Sequence[float]] = None,
+                 frame_period: Optional[float] = None, frame_range: Optional[Sequence[int]] = None,
+                 point_cloud_range: Optional[Sequence[float]] = None,
                  transforms=None, allow_empty: bool = False, augment_seed: Optional[int] = None):
         if not isinstance(frames, Mapping):
             raise ConfigError(f"'dataset.frames' must be a sweep dataset config {{type: ...}}, got {frames!r}")
@@ -95,7 +98,10 @@ class LidarSequence(Dataset):
         if self.point_cloud_range is not None:
             check_range(self.point_cloud_range)
         self.transforms = build_transforms(transforms)
-        self.no_past, self.frame_period = no_past, frame_period
+        if frame_range is not None and (not isinstance(frame_range, (list, tuple)) or len(frame_range) != 2
+                                        or not all(isinstance(v, int) for v in frame_range)):
+            raise ConfigError(f"'dataset.frame_range' must be [first, stop) frame indices, got {frame_range!r}")
+        self.no_past, self.frame_period, self.frame_range = no_past, frame_period, frame_range
         self.allow_empty, self.augment_seed = bool(allow_empty), augment_seed
         self.meta = [self.frames.frame_meta(i) for i in range(len(self.frames))]
         for i, meta in enumerate(self.meta):
@@ -122,6 +128,8 @@ class LidarSequence(Dataset):
         pairs = []
         for scene, frames in by_scene.items():
             for frame_index in sorted(frames):
+                if self.frame_range is not None and not self.frame_range[0] <= frame_index < self.frame_range[1]:
+                    continue
                 current = frames[frame_index]
                 past = [frames[frame_index - k] for k in range(self.lo, self.hi + 1) if frame_index - k in frames]
                 for p in past:

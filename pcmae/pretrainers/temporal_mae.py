@@ -5,12 +5,19 @@ the past frame into the current sensor frame, ``pcmae.data.LidarSequence``) -> t
 (``model.masking``), the past frame is not -> the current frame's visible voxels and the whole past frame are
 encoded (one shared encoder, or a separate past encoder: ``share_encoder``) -> fusion: the current latent tokens
 attend to the past latent tokens that are near them along a Z-order curve over both frames (``fusion``, cost linear
-in the tokens), the past tokens carrying an embedding of the time gap dt -> the Voxel-MAE decoder and targets
-(occupancy of hidden and empty query voxels, points per voxel, Chamfer of their points; ``pcmae.pretrainers
-.voxel_mae``). Backbones: the serialized transformer fuses voxel tokens, the sparse-conv encoder fuses its BEV
-cells. The current-frame encoder is the detector backbone (``detector_parts``, as Voxel-MAE's).
+in the tokens), the past tokens carrying an embedding of the time gap dt -> the Voxel-MAE decoder -> query fusion
+(``query_fusion``): each decoded query voxel attends in the same way to the past frame's voxel tokens near it ->
+Voxel-MAE's heads and targets (occupancy of hidden and empty query voxels, points per voxel, Chamfer of their
+points; ``pcmae.pretrainers.voxel_mae``). Backbones: the serialized transformer fuses voxel tokens, the sparse-conv
+encoder fuses its BEV cells. The current-frame encoder is the detector backbone (``detector_parts``, as Voxel-MAE's).
+
+The query fusion is pcmae's addition to T-MAE's encoder-side fusion: with the encoder-side fusion alone the hidden
+voxels learn of the past only through visible neighbours, and the demo model scored no better than a single-frame
+Voxel-MAE of the same size (README, "Does the past help?").
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -39,45 +46,75 @@ class TemporalFusion(nn.Module):
         return x + self.blocks(x, coords, self.pos_embed(centers), past, past_coords, past_pos)
 
 
+class TemporalLatent(NamedTuple):
+    """What the decoder side needs: the fused current latent and the past frame's voxel tokens (P, ...)."""
+
+    current: object                 # the backbone's latent (tokens (V, D) or a BEV map), fused with the past
+    past_voxels: torch.Tensor       # (P, tokenizer width) the past frame's voxel tokens
+    past_coords: torch.Tensor       # (P, 4) (batch, z, y, x)
+    past_centers: torch.Tensor      # (P, 3) metres
+    past_dt: torch.Tensor           # (P,) seconds from the past frame to the current one
+
+
 @MODELS.register
 class TemporalMAE(VoxelMAE):
     """batch {"points": PointBatch, "past_points": PointBatch (aligned), "dt": (B,)} -> {"loss", "occupancy", ...}.
 
     Every VoxelMAE keyword (grid, tokenizer, backbone, masking, targets), plus share_encoder: one encoder for
     both frames (T-MAE's Siamese encoder) or a separate past encoder starting from a copy of the current one;
-    fusion: {depth, num_heads, patch_size, drop_path_rate} of the cross-attention blocks.
+    fusion: {depth, num_heads, patch_size, drop_path_rate} of the cross-attention blocks after the encoder;
+    query_fusion: the same for the decoded query voxels attending to the past voxels (None: {depth: 1} with the
+    fusion's heads and patch size; {depth: 0} turns it off, T-MAE's own design).
     """
 
     context_keys = ("past_points", "dt")  # batch keys predict_occupancy needs besides the points
     default_fusion = {"depth": 2, "num_heads": 4, "patch_size": 64}
 
-    def __init__(self, share_encoder: bool = True, fusion: dict | None = None, **voxel_mae):
+    def __init__(self, share_encoder: bool = True, fusion: dict | None = None, query_fusion: dict | None = None,
+                 **voxel_mae):
         super().__init__(**voxel_mae)
         if not isinstance(share_encoder, bool):
             raise ConfigError(f"'model.share_encoder' must be true or false, got {share_encoder!r}")
         fusion = {**self.default_fusion, **(fusion or {})}
+        query_fusion = {**fusion, "depth": 1, **(query_fusion or {})}
         check_kwargs(TemporalFusion, fusion, "model.fusion")
+        check_kwargs(TemporalFusion, query_fusion, "model.query_fusion")
+        grid = (self.voxel_size, self.point_cloud_range)
         self.past_encoder = None if share_encoder else self.backbone.encoder_copy()
-        self.fusion = TemporalFusion(self.backbone.latent_dim, self.voxel_size, self.point_cloud_range, **fusion)
+        self.fusion = TemporalFusion(self.backbone.latent_dim, *grid, **fusion)
+        self.query_fusion, self.past_voxel_proj = None, None
+        if query_fusion["depth"] > 0:
+            self.past_voxel_proj = nn.Linear(self.tokenizer.embed_dim, self.backbone.out_dim)
+            self.query_fusion = TemporalFusion(self.backbone.out_dim, *grid, **query_fusion)
 
     def encode_past(self, past_points: PointBatch):
-        """The whole past frame -> its latent tokens (P, D), coords (P, 4), centers (P, 3)."""
+        """The whole past frame -> its voxel tokens and its latent tokens (T, D), coords (T, 4), centers (T, 3)."""
         tokens = self.tokenizer(past_points)
         encode = self.backbone.encode if self.past_encoder is None else self.past_encoder
         latent = encode(tokens.features, tokens.coords, tokens.centers, tokens.batch_size)
-        return self.backbone.latent_tokens(latent, tokens.coords, tokens.centers)
+        return tokens, self.backbone.latent_tokens(latent, tokens.coords, tokens.centers)
 
     def forward_encoder(self, points: PointBatch, past_points: PointBatch, dt: torch.Tensor,
                         generator: torch.Generator | None = None):
         if past_points.batch_size != points.batch_size:
             raise ValueError(f"past_points has {past_points.batch_size} samples, points {points.batch_size}")
         latent, mask, tokens = super().forward_encoder(points, generator)
-        past, past_coords, past_centers = self.encode_past(past_points)
+        past_tokens, (past, past_coords, past_centers) = self.encode_past(past_points)
         visible = ~mask
         x, coords, centers = self.backbone.latent_tokens(latent, tokens.coords[visible], tokens.centers[visible])
-        past_dt = dt.to(past.device)[past_coords[:, 0].long()]
-        fused = self.fusion(x, coords, centers, past, past_coords, past_centers, past_dt)
-        return self.backbone.with_tokens(latent, fused, coords), mask, tokens
+        dt = dt.to(past.device)
+        fused = self.fusion(x, coords, centers, past, past_coords, past_centers, dt[past_coords[:, 0].long()])
+        latent = TemporalLatent(self.backbone.with_tokens(latent, fused, coords), past_tokens.features,
+                                past_tokens.coords, past_tokens.centers, dt[past_tokens.coords[:, 0].long()])
+        return latent, mask, tokens
+
+    def forward_decoder(self, latent: TemporalLatent, tokens, mask, query_coords, query_centers) -> torch.Tensor:
+        """Voxel-MAE's decoder on the fused latent, then each query voxel reads the past voxels near it."""
+        decoded = super().forward_decoder(latent.current, tokens, mask, query_coords, query_centers)
+        if self.query_fusion is None:
+            return decoded
+        return self.query_fusion(decoded, query_coords, query_centers, self.past_voxel_proj(latent.past_voxels),
+                                 latent.past_coords, latent.past_centers, latent.past_dt)
 
     def forward(self, batch: dict) -> dict:
         points = batch["points"]
