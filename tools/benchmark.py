@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed of pcmae against the libraries it could have used, all measured in one run, as markdown tables.
 
-    python tools/benchmark.py [--sections ops,train,voxelize,lidar_step,converters,detector,transformer_bev,odometry] [--sizes 1000,8000,100000] [--voxel-sizes 100000,1000000,2000000] [--threads 1,2] [--repeats 3] [--device cpu]
+    python tools/benchmark.py [--sections ops,train,voxelize,lidar_step,converters,detector,transformer_bev,odometry,temporal_step] [--sizes 1000,8000,100000] [--voxel-sizes 100000,1000000,2000000] [--threads 1,2] [--repeats 3] [--device cpu]
 
 One timing rule for every pair (benchmarks/timing.py): each implementation is called once to warm up, then
 ``--repeats`` times, the implementations interleaved call by call, and the median is reported (wall time, and
@@ -22,7 +22,9 @@ spconv's voxelizer are serial C++. Every equality column is computed. Sections:
             SparseEncoder with the BEV maps compared (benchmarks/detector.py; needs make venv-mmdet3d);
   transformer_bev  the transformer BEV encoder's forward + backward time against its token count;
   odometry  KISS-ICP poses (--estimate-poses) against the recorded poses of the shared real sequences, and the
-            frames' overlap raw / aligned (benchmarks/odometry.py; needs kiss-icp, pyarrow, ouster-sdk).
+            frames' overlap raw / aligned (benchmarks/odometry.py; needs kiss-icp, pyarrow, ouster-sdk);
+  temporal_step  a T-MAE step against a Voxel-MAE step on the same real sweep pair, full and half sweep: time,
+            peak memory, time per token (benchmarks/temporal_step.py; first --threads value).
 
 Adding a section: write ``def bench_NAME(args) -> list[dict]`` (one dict per table row, same keys in every
 row; ``args`` is the parsed command line, add options in ``parse_args``) and register it in ``SECTIONS``.
@@ -42,7 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for benchmarks/ (not installed)
-from benchmarks import converters  # noqa: E402
+from benchmarks import converters, temporal_step  # noqa: E402
 from benchmarks.detector import bench_detector, bench_transformer_bev  # noqa: E402
 from benchmarks.lidar_step import bench_lidar_step  # noqa: E402
 from benchmarks.odometry import bench_odometry  # noqa: E402
@@ -290,6 +292,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "detector": bench_detector,
     "transformer_bev": bench_transformer_bev,
     "odometry": bench_odometry,
+    "temporal_step": temporal_step.section,
 }
 
 

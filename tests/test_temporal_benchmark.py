@@ -1,0 +1,85 @@
+"""benchmarks/temporal_step.py (tools/benchmark.py section temporal_step): T-MAE vs Voxel-MAE step, two sizes."""
+from __future__ import annotations
+
+import multiprocessing
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import temporal_step
+from tests.shared_data import shared_data_path
+
+TINY = ["--repeats", "1", "--voxel", "1.0", "--range", "-8", "-8", "-3", "8", "8", "1"]
+
+
+def test_temporal_step_runs_end_to_end():
+    """Every row in this process (a fresh process per row costs ~4 s of imports; run_fresh is tested below)."""
+    rows = temporal_step.bench_temporal_step(temporal_step.parse_args(TINY + ["--in-process"]))
+    assert [(r["model"], r["size"]) for r in rows] == [(m, s) for s in ("full", "half")
+                                                       for m in ("voxel_mae", "temporal_mae")]
+    by = {(r["model"], r["size"]): r for r in rows}
+    for size in ("full", "half"):
+        single, temporal = by["voxel_mae", size], by["temporal_mae", size]
+        assert single["current voxels"] == temporal["current voxels"] > 0  # the same current frame and grid
+        assert single["visible voxels"] == temporal["visible voxels"] < single["current voxels"]
+        assert single["past voxels"] == 0 < temporal["past voxels"]
+        assert single["time / Voxel-MAE"] == "1.00" and single["peak / Voxel-MAE"] == "1.00"
+        for r in (single, temporal):
+            assert r["threads"] == 1
+            assert r["tokens"] == r["current voxels"] + r["past voxels"]
+            assert r["encoded"] == r["visible voxels"] + r["past voxels"]
+            assert float(r["step s"]) > 0 and float(r["step CPU s"]) > 0
+            assert float(r["us / token"]) == pytest.approx(1e6 * float(r["step s"]) / r["tokens"], rel=0.01, abs=0.1)
+    for model in ("voxel_mae", "temporal_mae"):
+        full, half = by[model, "full"], by[model, "half"]
+        assert half["tokens"] < full["tokens"]
+        time_ratio, token_ratio = (float(v) for v in full["full / half: time vs tokens"].split(" vs "))
+        assert token_ratio == pytest.approx(full["tokens"] / half["tokens"], abs=0.01)
+        assert time_ratio == pytest.approx(float(full["step s"]) / float(half["step s"]), rel=0.02, abs=0.01)
+
+
+def test_pair_is_the_real_consecutive_sweeps_past_moved_by_the_fixed_ego_motion():
+    current_path = shared_data_path("patchwork-plusplus", "data", "000001.bin")
+    past_path = shared_data_path("patchwork-plusplus", "data", "000000.bin")
+    current, past, source = temporal_step.load_pair()
+    raw_current = np.fromfile(current_path, np.float32).reshape(-1, 4)
+    raw_past = np.fromfile(past_path, np.float32).reshape(-1, 4)
+    assert torch.equal(current, torch.from_numpy(raw_current))
+    assert torch.allclose(past[:, 0], torch.from_numpy(raw_past[:, 0]) - temporal_step.PAST_SHIFT_M)
+    assert torch.equal(past[:, 1:], torch.from_numpy(raw_past[:, 1:]))
+    assert "000001.bin + 000000.bin" in source
+
+
+def test_half_is_the_front_half_of_both_frames():
+    g = torch.Generator().manual_seed(0)
+    current, past = torch.randn(500, 4, generator=g), torch.randn(400, 4, generator=g)
+    full = temporal_step.make_batch(current, past, "full")
+    half = temporal_step.make_batch(current, past, "half")
+    assert torch.equal(full["points"].xyz, current[:, :3]) and torch.equal(full["past_points"].xyz, past[:, :3])
+    assert torch.equal(half["points"].xyz, current[current[:, 0] >= 0, :3])
+    assert torch.equal(half["past_points"].xyz, past[past[:, 0] >= 0, :3])
+    assert half["dt"].tolist() == pytest.approx([temporal_step.FRAME_PERIOD_S])
+    with pytest.raises(ValueError, match="size must be one of"):
+        temporal_step.make_batch(current, past, "quarter")
+
+
+def test_a_failing_row_in_its_fresh_process_is_one_line_not_a_hang(capsys):
+    with pytest.raises(SystemExit):
+        temporal_step.parse_args(["--voxel", "0"])
+    assert "--voxel > 0" in capsys.readouterr().err
+    args = temporal_step.parse_args(["--repeats", "1", "--range", "0", "0", "50", "10", "10", "51"])  # above all points
+    with pytest.raises(RuntimeError, match="benchmarks.temporal_step: voxel_mae full: ValueError: no voxel"):
+        temporal_step.run_fresh(multiprocessing.get_context("spawn"), "voxel_mae", "full", args)
+
+
+def test_registered_as_a_tools_benchmark_section(monkeypatch):
+    from tests.test_ops import load_benchmark_tool
+
+    tool = load_benchmark_tool()
+    args = tool.parse_args(["--sections", "temporal_step", "--threads", "2,1", "--repeats", "4"])
+    assert args.sections == ["temporal_step"]
+    seen = []
+    monkeypatch.setattr(temporal_step, "bench_temporal_step", lambda a: seen.append(a) or [])
+    tool.SECTIONS["temporal_step"](args)
+    assert (seen[0].repeats, seen[0].threads, seen[0].voxel, seen[0].in_process) == (4, 2, 0.2, False)
+    assert seen[0].range == list(temporal_step.RANGE)
