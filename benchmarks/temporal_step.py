@@ -9,8 +9,9 @@ simulated HDL-64E scene aligned by their poses (pcmae.data.LidarSequence over Si
 range and its mirror behind the sensor, [-70.4, 70.4] x [-40, 40] x [-3, 1] m, in --voxel m cubes (0.2 by default).
 Sizes on that one grid: the whole sweeps ("full"), and their front halves, x >= 0 of both frames ("half", KITTI's
 own range).
-Models: VoxelMAE and TemporalMAE (shared encoder, fusion depth 2, patch 64) with the same tokenizer, backbone and
-masking (random 0.7). A step is forward + backward + AdamW; timing rule of benchmarks/timing.py (one warm-up
+Models, with the same tokenizer, backbone (lidar_step's transformer) and masking (random 0.7): VoxelMAE;
+TemporalMAE (shared encoder, fusion depth 2, patch 64) as configured by default, with the query fusion (decoded
+query voxels attend to the past voxels, depth 1); and without it (query_fusion depth 0, T-MAE's own design). A step is forward + backward + AdamW; timing rule of benchmarks/timing.py (one warm-up
 step, the median of --repeats steps; wall and process CPU time) at --threads threads; each (model, size) in a
 fresh process, peak memory as in benchmarks/lidar_step.py (resident high-water mark during the steps minus the
 resident size before them). "tokens" = voxels the step tokenizes: the current frame's (Voxel-MAE), plus the past
@@ -31,6 +32,11 @@ from benchmarks.lidar_step import MODELS, _reset_peak, _status_mb
 PAST_SHIFT_M = 0.7  # ego motion from 000000 to 000001 along x; the past frame seen from the current sensor: -x
 FRAME_PERIOD_S = 0.1  # HDL-64E at 10 Hz
 FUSION = {"depth": 2, "num_heads": 4, "patch_size": 64}
+KINDS = {  # row name -> TemporalMAE's query_fusion (None: Voxel-MAE)
+    "voxel_mae": None,
+    "temporal_mae": {},  # its default: the query fusion on (depth 1)
+    "temporal_mae query_fusion 0": {"depth": 0},  # T-MAE's own design: encoder-side fusion only
+}
 RANGE = (-70.4, -40.0, -3.0, 70.4, 40.0, 1.0)  # KITTI's range and its mirror behind the sensor
 SIZES = ("full", "half")  # the whole sweeps; their front halves (x >= 0)
 MASK_SEED = 0
@@ -79,9 +85,9 @@ def build_model(kind: str, voxel: float, point_cloud_range):
     torch.manual_seed(0)
     common = dict(point_channels=4, voxel_size=(voxel,) * 3, point_cloud_range=point_cloud_range,
                   max_points_per_voxel=5, masking={"type": "random", "ratio": 0.7}, **MODELS["transformer"])
-    if kind == "voxel_mae":
+    if KINDS[kind] is None:
         return VoxelMAE(**common)
-    return TemporalMAE(share_encoder=True, fusion=FUSION, **common)
+    return TemporalMAE(share_encoder=True, fusion=FUSION, query_fusion=KINDS[kind] or None, **common)
 
 
 def count_tokens(model, batch: dict) -> dict:
@@ -125,7 +131,7 @@ def measure(kind: str, size: str, args: argparse.Namespace) -> dict:
         before = _status_mb("VmRSS")
         wall, cpu = median_wall_and_cpu_ms({"step": step}, args.repeats)
         peak = _status_mb("VmHWM") - before
-    past = tokens["past"] if kind == "temporal_mae" else 0
+    past = 0 if KINDS[kind] is None else tokens["past"]
     return {"model": kind, "size": size, "threads": threads, "sweep": source,
             "points (current + past)": f"{len(batch['points'].xyz)} + {len(batch['past_points'].xyz)}",
             "current voxels": tokens["current"], "visible voxels": tokens["visible"],
@@ -140,9 +146,9 @@ def bench_temporal_step(args: argparse.Namespace) -> list[dict]:
     ctx = mp.get_context("spawn")
     raw = {}
     for size in SIZES:
-        for kind in ("voxel_mae", "temporal_mae"):
+        for kind in KINDS:
             raw[kind, size] = measure(kind, size, args) if args.in_process else run_fresh(ctx, kind, size, args)
-    return [format_row(raw, kind, size) for size in SIZES for kind in ("voxel_mae", "temporal_mae")]
+    return [format_row(raw, kind, size) for size in SIZES for kind in KINDS]
 
 
 def run_fresh(ctx, kind: str, size: str, args: argparse.Namespace) -> dict:

@@ -15,22 +15,26 @@ TINY = ["--repeats", "1", "--voxel", "1.0", "--range", "-8", "-8", "-3", "8", "8
 def test_temporal_step_runs_end_to_end():
     """Every row in this process (a fresh process per row costs ~4 s of imports; run_fresh is tested below)."""
     rows = temporal_step.bench_temporal_step(temporal_step.parse_args(TINY + ["--in-process"]))
+    temporal_kinds = ("temporal_mae", "temporal_mae query_fusion 0")
     assert [(r["model"], r["size"]) for r in rows] == [(m, s) for s in ("full", "half")
-                                                       for m in ("voxel_mae", "temporal_mae")]
+                                                       for m in ("voxel_mae", *temporal_kinds)]
     by = {(r["model"], r["size"]): r for r in rows}
     for size in ("full", "half"):
-        single, temporal = by["voxel_mae", size], by["temporal_mae", size]
-        assert single["current voxels"] == temporal["current voxels"] > 0  # the same current frame and grid
-        assert single["visible voxels"] == temporal["visible voxels"] < single["current voxels"]
-        assert single["past voxels"] == 0 < temporal["past voxels"]
+        single = by["voxel_mae", size]
+        assert single["past voxels"] == 0
         assert single["time / Voxel-MAE"] == "1.00" and single["peak / Voxel-MAE"] == "1.00"
-        for r in (single, temporal):
+        for kind in temporal_kinds:
+            temporal = by[kind, size]
+            assert single["current voxels"] == temporal["current voxels"] > 0  # the same current frame and grid
+            assert single["visible voxels"] == temporal["visible voxels"] < single["current voxels"]
+            assert temporal["past voxels"] > 0
+        for r in (by[kind, size] for kind in ("voxel_mae", *temporal_kinds)):
             assert r["threads"] == 1
             assert r["tokens"] == r["current voxels"] + r["past voxels"]
             assert r["encoded"] == r["visible voxels"] + r["past voxels"]
             assert float(r["step s"]) > 0 and float(r["step CPU s"]) > 0
             assert float(r["us / token"]) == pytest.approx(1e6 * float(r["step s"]) / r["tokens"], rel=0.01, abs=0.1)
-    for model in ("voxel_mae", "temporal_mae"):
+    for model in ("voxel_mae", *temporal_kinds):
         full, half = by[model, "full"], by[model, "half"]
         assert half["tokens"] < full["tokens"]
         time_ratio, token_ratio = (float(v) for v in full["full / half: time vs tokens"].split(" vs "))
@@ -83,3 +87,14 @@ def test_registered_as_a_tools_benchmark_section(monkeypatch):
     tool.SECTIONS["temporal_step"](args)
     assert (seen[0].repeats, seen[0].threads, seen[0].voxel, seen[0].in_process) == (4, 2, 0.2, False)
     assert seen[0].range == list(temporal_step.RANGE)
+
+
+def test_models_differ_only_in_the_temporal_parts():
+    voxel_mae = temporal_step.build_model("voxel_mae", 1.0, [-8, -8, -3, 8, 8, 1])
+    with_query = temporal_step.build_model("temporal_mae", 1.0, [-8, -8, -3, 8, 8, 1])
+    without = temporal_step.build_model("temporal_mae query_fusion 0", 1.0, [-8, -8, -3, 8, 8, 1])
+    assert type(voxel_mae).__name__ == "VoxelMAE" and type(with_query).__name__ == "TemporalMAE"
+    assert with_query.query_fusion is not None and without.query_fusion is None
+    assert with_query.past_encoder is None and len(with_query.fusion.blocks.blocks) == 2
+    assert {k: v.shape for k, v in voxel_mae.state_dict().items()} == \
+        {k: v.shape for k, v in without.state_dict().items() if not k.startswith("fusion.")}
