@@ -10,8 +10,8 @@ range and its mirror behind the sensor, [-70.4, 70.4] x [-40, 40] x [-3, 1] m, i
 Sizes on that one grid: the whole sweeps ("full"), and their front halves, x >= 0 of both frames ("half", KITTI's
 own range).
 Models, with the same tokenizer, backbone (lidar_step's transformer) and masking (random 0.7): VoxelMAE;
-TemporalMAE (shared encoder, fusion depth 2, patch 64) as configured by default, with the query fusion (decoded
-query voxels attend to the past voxels, depth 1); and without it (query_fusion depth 0, T-MAE's own design). A step is forward + backward + AdamW; timing rule of benchmarks/timing.py (one warm-up
+TemporalMAE (shared encoder, fusion depth 2, patch 64) with its defaults, which include pcmae's reading of the past
+at the decoded query voxels; and TemporalMAE without that reading (T-MAE's own design, "encoder fusion only"). A step is forward + backward + AdamW; timing rule of benchmarks/timing.py (one warm-up
 step, the median of --repeats steps; wall and process CPU time) at --threads threads; each (model, size) in a
 fresh process, peak memory as in benchmarks/lidar_step.py (resident high-water mark during the steps minus the
 resident size before them). "tokens" = voxels the step tokenizes: the current frame's (Voxel-MAE), plus the past
@@ -19,11 +19,20 @@ frame's (T-MAE); "encoded" = tokens through the encoder: the visible current vox
 (T-MAE); time per token = step time / tokens.
 
     python -m benchmarks.temporal_step [--repeats 3] [--threads 1] [--voxel 0.2]
+
+glibc's malloc returns every block above its mmap threshold (at most 32 MB) to the kernel when it is freed, so
+the activations of a large step come back as fresh pages each step (page faults, kernel zeroing): that time grows
+faster than the tokens. The "malloc" column records the MALLOC_* environment of the run; to keep freed memory in
+the heap instead (the cost of the model itself), run with
+
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 python -m benchmarks.temporal_step
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import multiprocessing as mp
+import os
 import queue as queue_module
 
 from benchmarks import shared_data_root
@@ -32,11 +41,7 @@ from benchmarks.lidar_step import MODELS, _reset_peak, _status_mb
 PAST_SHIFT_M = 0.7  # ego motion from 000000 to 000001 along x; the past frame seen from the current sensor: -x
 FRAME_PERIOD_S = 0.1  # HDL-64E at 10 Hz
 FUSION = {"depth": 2, "num_heads": 4, "patch_size": 64}
-KINDS = {  # row name -> TemporalMAE's query_fusion (None: Voxel-MAE)
-    "voxel_mae": None,
-    "temporal_mae": {},  # its default: the query fusion on (depth 1)
-    "temporal_mae query_fusion 0": {"depth": 0},  # T-MAE's own design: encoder-side fusion only
-}
+KINDS = ("voxel_mae", "temporal_mae", "temporal_mae encoder fusion only")
 RANGE = (-70.4, -40.0, -3.0, 70.4, 40.0, 1.0)  # KITTI's range and its mirror behind the sensor
 SIZES = ("full", "half")  # the whole sweeps; their front halves (x >= 0)
 MASK_SEED = 0
@@ -85,9 +90,20 @@ def build_model(kind: str, voxel: float, point_cloud_range):
     torch.manual_seed(0)
     common = dict(point_channels=4, voxel_size=(voxel,) * 3, point_cloud_range=point_cloud_range,
                   max_points_per_voxel=5, masking={"type": "random", "ratio": 0.7}, **MODELS["transformer"])
-    if KINDS[kind] is None:
+    if kind not in KINDS:
+        raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
+    if kind == "voxel_mae":
         return VoxelMAE(**common)
-    return TemporalMAE(share_encoder=True, fusion=FUSION, query_fusion=KINDS[kind] or None, **common)
+    extra = encoder_fusion_only(TemporalMAE) if kind == "temporal_mae encoder fusion only" else {}
+    return TemporalMAE(share_encoder=True, fusion=FUSION, **extra, **common)
+
+
+def encoder_fusion_only(temporal_mae_class) -> dict:
+    """TemporalMAE keywords of T-MAE's own design, the past read by the encoder-side fusion only: no reading of the
+    past at the decoded query voxels (past_at_queries: false; query_fusion depth 0 before that keyword existed)."""
+    if "past_at_queries" in inspect.signature(temporal_mae_class).parameters:
+        return {"past_at_queries": False}
+    return {"query_fusion": {"depth": 0}}
 
 
 def count_tokens(model, batch: dict) -> dict:
@@ -131,13 +147,18 @@ def measure(kind: str, size: str, args: argparse.Namespace) -> dict:
         before = _status_mb("VmRSS")
         wall, cpu = median_wall_and_cpu_ms({"step": step}, args.repeats)
         peak = _status_mb("VmHWM") - before
-    past = 0 if KINDS[kind] is None else tokens["past"]
-    return {"model": kind, "size": size, "threads": threads, "sweep": source,
+    past = 0 if kind == "voxel_mae" else tokens["past"]
+    return {"model": kind, "size": size, "threads": threads, "sweep": source, "malloc": malloc_setting(),
             "points (current + past)": f"{len(batch['points'].xyz)} + {len(batch['past_points'].xyz)}",
             "current voxels": tokens["current"], "visible voxels": tokens["visible"],
             "past voxels": past,
             "tokens": tokens["current"] + past, "encoded": tokens["visible"] + past,
             "step s": wall["step"] / 1e3, "step CPU s": cpu["step"] / 1e3, "peak MB": peak}
+
+
+def malloc_setting() -> str:
+    """The glibc malloc environment this process started with ("default" when none is set)."""
+    return " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")) or "default"
 
 
 def bench_temporal_step(args: argparse.Namespace) -> list[dict]:
@@ -190,7 +211,7 @@ def format_row(raw: dict, kind: str, size: str) -> dict:
             "peak / Voxel-MAE": f"{r['peak MB'] / max(single['peak MB'], 1e-9):.2f}",
             "full / half: time vs tokens": f"{full['step s'] / half['step s']:.2f} vs "
                                            f"{full['tokens'] / half['tokens']:.2f}",
-            "sweep": r["sweep"]}
+            "malloc": r["malloc"], "sweep": r["sweep"]}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

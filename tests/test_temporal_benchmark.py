@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import numpy as np
 import pytest
 import torch
@@ -15,7 +16,7 @@ TINY = ["--repeats", "1", "--voxel", "1.0", "--range", "-8", "-8", "-3", "8", "8
 def test_temporal_step_runs_end_to_end():
     """Every row in this process (a fresh process per row costs ~4 s of imports; run_fresh is tested below)."""
     rows = temporal_step.bench_temporal_step(temporal_step.parse_args(TINY + ["--in-process"]))
-    temporal_kinds = ("temporal_mae", "temporal_mae query_fusion 0")
+    temporal_kinds = ("temporal_mae", "temporal_mae encoder fusion only")
     assert [(r["model"], r["size"]) for r in rows] == [(m, s) for s in ("full", "half")
                                                        for m in ("voxel_mae", *temporal_kinds)]
     by = {(r["model"], r["size"]): r for r in rows}
@@ -29,6 +30,7 @@ def test_temporal_step_runs_end_to_end():
             assert single["visible voxels"] == temporal["visible voxels"] < single["current voxels"]
             assert temporal["past voxels"] > 0
         for r in (by[kind, size] for kind in ("voxel_mae", *temporal_kinds)):
+            assert r["malloc"] == temporal_step.malloc_setting()
             assert r["threads"] == 1
             assert r["tokens"] == r["current voxels"] + r["past voxels"]
             assert r["encoded"] == r["visible voxels"] + r["past voxels"]
@@ -90,11 +92,40 @@ def test_registered_as_a_tools_benchmark_section(monkeypatch):
 
 
 def test_models_differ_only_in_the_temporal_parts():
-    voxel_mae = temporal_step.build_model("voxel_mae", 1.0, [-8, -8, -3, 8, 8, 1])
-    with_query = temporal_step.build_model("temporal_mae", 1.0, [-8, -8, -3, 8, 8, 1])
-    without = temporal_step.build_model("temporal_mae query_fusion 0", 1.0, [-8, -8, -3, 8, 8, 1])
-    assert type(voxel_mae).__name__ == "VoxelMAE" and type(with_query).__name__ == "TemporalMAE"
-    assert with_query.query_fusion is not None and without.query_fusion is None
-    assert with_query.past_encoder is None and len(with_query.fusion.blocks.blocks) == 2
-    assert {k: v.shape for k, v in voxel_mae.state_dict().items()} == \
-        {k: v.shape for k, v in without.state_dict().items() if not k.startswith("fusion.")}
+    grid = (1.0, [-8, -8, -3, 8, 8, 1])
+    voxel_mae = temporal_step.build_model("voxel_mae", *grid)
+    default = temporal_step.build_model("temporal_mae", *grid)
+    encoder_only = temporal_step.build_model("temporal_mae encoder fusion only", *grid)
+    assert type(voxel_mae).__name__ == "VoxelMAE" and type(default).__name__ == "TemporalMAE"
+    assert default.past_encoder is None and len(default.fusion.blocks.blocks) == 2  # shared encoder, depth 2
+    single = {k: v.shape for k, v in voxel_mae.state_dict().items()}
+    for model in (default, encoder_only):
+        shapes = {k: v.shape for k, v in model.state_dict().items()}
+        assert {k: shapes.get(k) for k in single} == single  # the same tokenizer, backbone, heads
+    extra = set(encoder_only.state_dict()) - set(single)
+    assert extra and all(k.startswith("fusion.") for k in extra)  # nothing at the queries
+    assert set(default.state_dict()) - set(single) > extra
+    with pytest.raises(ValueError, match="model kind must be one of"):
+        temporal_step.build_model("point_mae", *grid)
+
+
+def test_malloc_column_names_the_glibc_environment(monkeypatch):
+    for key in [k for k in os.environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(key)
+    assert temporal_step.malloc_setting() == "default"
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "68719476736")
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
+    assert temporal_step.malloc_setting() == "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736"
+
+
+def test_encoder_fusion_only_keywords_follow_the_model_signature():
+    class Before:
+        def __init__(self, share_encoder=True, fusion=None, query_fusion=None):
+            pass
+
+    class After(Before):
+        def __init__(self, share_encoder=True, fusion=None, past_at_queries=True, query_fusion=None):
+            pass
+
+    assert temporal_step.encoder_fusion_only(Before) == {"query_fusion": {"depth": 0}}
+    assert temporal_step.encoder_fusion_only(After) == {"past_at_queries": False}
