@@ -180,6 +180,22 @@ def test_windowed_cross_attention_equals_full_attention_when_one_window_holds_ev
     assert not torch.allclose(fusion(x, q_coords, pos, context, k_coords, context_pos), expected, atol=1e-3)
 
 
+def test_value_at_finds_the_value_of_the_same_voxel_and_nothing_else():
+    from pcmae.ops import value_at
+
+    g = torch.Generator().manual_seed(0)
+    coords = torch.unique(torch.cat([torch.randint(0, 2, (300, 1), generator=g),
+                                     torch.randint(0, 6, (300, 3), generator=g)], dim=1), dim=0)
+    values = torch.randn(len(coords), 3, generator=g)
+    query = torch.cat([torch.randint(0, 2, (200, 1), generator=g), torch.randint(-1, 7, (200, 3), generator=g)], 1)
+    out, found = value_at(query, coords, values)
+    for q, o, f in zip(query, out, found):  # brute force
+        same = (coords == q).all(dim=1)
+        assert bool(f) == bool(same.any())
+        torch.testing.assert_close(o, values[same][0] if same.any() else torch.zeros(3))
+    assert found.any() and not found.all()
+
+
 # --- the model -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backbone", ["transformer", "sparse_conv"])
@@ -268,7 +284,11 @@ def test_temporal_config_errors_are_one_line():
         build_model(dict(TINY, fusion={"dept": 2}))
     with pytest.raises(ConfigError, match=r"model.query_fusion"):
         build_model(dict(TINY, query_fusion={"window": 8}))
-    assert build_model(dict(TINY, query_fusion={"depth": 0})).query_fusion is None  # T-MAE's own design
+    assert build_model(dict(TINY, query_fusion={"depth": 0})).query_fusion is None
+    plain = build_model(dict(TINY, past_at_queries=False))  # T-MAE's own design: the past reaches the encoder only
+    assert plain.past_voxel_proj is None and plain.query_fusion is None
+    with pytest.raises(ConfigError, match="'model.past_at_queries' must be true or false"):
+        build_model(dict(TINY, past_at_queries=1))
     model = build_model(dict(TINY))
     assert model.query_fusion is not None
     points = PointBatch.from_list([torch.rand(50, 5)])

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pcmae.ops.chamfer import chamfer_distance, nearest_sq_dist
 from pcmae.ops.fps import farthest_point_sample, farthest_point_sample_reference
 from pcmae.ops.knn import knn, knn_reference
-from pcmae.ops.neighbours import neighbour_mean
+from pcmae.ops.neighbours import neighbour_mean, value_at
 from pcmae.ops.segment import segment_reduce, segment_reduce_reference
 from pcmae.ops.voxelize import Voxels, grid_size_of, voxel_centers, voxelize, voxelize_reference
 
@@ -20,6 +20,7 @@ __all__ = [
     "knn",
     "knn_reference",
     "neighbour_mean",
+    "value_at",
     "nearest_sq_dist",
     "segment_reduce",
     "segment_reduce_reference",

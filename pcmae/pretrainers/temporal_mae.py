@@ -5,15 +5,16 @@ the past frame into the current sensor frame, ``pcmae.data.LidarSequence``) -> t
 (``model.masking``), the past frame is not -> the current frame's visible voxels and the whole past frame are
 encoded (one shared encoder, or a separate past encoder: ``share_encoder``) -> fusion: the current latent tokens
 attend to the past latent tokens that are near them along a Z-order curve over both frames (``fusion``, cost linear
-in the tokens), the past tokens carrying an embedding of the time gap dt -> the Voxel-MAE decoder -> query fusion
-(``query_fusion``): each decoded query voxel attends in the same way to the past frame's voxel tokens near it ->
+in the tokens), the past tokens carrying an embedding of the time gap dt -> the Voxel-MAE decoder -> the past at
+the queries (``past_at_queries``): each decoded query voxel reads the past frame's voxel token at its own voxel
+and the mean over its 26 neighbours, then attends to the past voxel tokens near it (``query_fusion``) ->
 Voxel-MAE's heads and targets (occupancy of hidden and empty query voxels, points per voxel, Chamfer of their
 points; ``pcmae.pretrainers.voxel_mae``). Backbones: the serialized transformer fuses voxel tokens, the sparse-conv
 encoder fuses its BEV cells. The current-frame encoder is the detector backbone (``detector_parts``, as Voxel-MAE's).
 
-The query fusion is pcmae's addition to T-MAE's encoder-side fusion: with the encoder-side fusion alone the hidden
-voxels learn of the past only through visible neighbours, and the demo model scored no better than a single-frame
-Voxel-MAE of the same size (README, "Does the past help?").
+The past at the queries is pcmae's addition to T-MAE's encoder-side fusion (``past_at_queries: false`` is T-MAE's
+design): with the encoder-side fusion alone the hidden voxels learn of the past only through visible neighbours,
+and the model scored no better than a single-frame Voxel-MAE of the same size (README, "Does the past help?").
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from pcmae.backbones.positions import FourierPosition, mlp
 from pcmae.backbones.serialized_transformer import SerializedCrossTransformer
+from pcmae.ops import neighbour_mean, value_at
 from pcmae.pretrainers.voxel_mae import VoxelMAE
 from pcmae.registry import MODELS, ConfigError, check_kwargs
 from pcmae.structures import PointBatch
@@ -63,18 +65,19 @@ class TemporalMAE(VoxelMAE):
     Every VoxelMAE keyword (grid, tokenizer, backbone, masking, targets), plus share_encoder: one encoder for
     both frames (T-MAE's Siamese encoder) or a separate past encoder starting from a copy of the current one;
     fusion: {depth, num_heads, patch_size, drop_path_rate} of the cross-attention blocks after the encoder;
-    query_fusion: the same for the decoded query voxels attending to the past voxels (None: {depth: 1} with the
-    fusion's heads and patch size; {depth: 0} turns it off, T-MAE's own design).
+    past_at_queries: the decoded query voxels read the past voxel tokens (false: T-MAE's own design);
+    query_fusion: the cross-attention blocks of that reading (default {depth: 1} with the fusion's heads and patch).
     """
 
     context_keys = ("past_points", "dt")  # batch keys predict_occupancy needs besides the points
     default_fusion = {"depth": 2, "num_heads": 4, "patch_size": 64}
 
-    def __init__(self, share_encoder: bool = True, fusion: dict | None = None, query_fusion: dict | None = None,
-                 **voxel_mae):
+    def __init__(self, share_encoder: bool = True, fusion: dict | None = None, past_at_queries: bool = True,
+                 query_fusion: dict | None = None, **voxel_mae):
         super().__init__(**voxel_mae)
-        if not isinstance(share_encoder, bool):
-            raise ConfigError(f"'model.share_encoder' must be true or false, got {share_encoder!r}")
+        for key, value in (("share_encoder", share_encoder), ("past_at_queries", past_at_queries)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"'model.{key}' must be true or false, got {value!r}")
         fusion = {**self.default_fusion, **(fusion or {})}
         query_fusion = {**fusion, "depth": 1, **(query_fusion or {})}
         check_kwargs(TemporalFusion, fusion, "model.fusion")
@@ -82,10 +85,13 @@ class TemporalMAE(VoxelMAE):
         grid = (self.voxel_size, self.point_cloud_range)
         self.past_encoder = None if share_encoder else self.backbone.encoder_copy()
         self.fusion = TemporalFusion(self.backbone.latent_dim, *grid, **fusion)
-        self.query_fusion, self.past_voxel_proj = None, None
-        if query_fusion["depth"] > 0:
-            self.past_voxel_proj = nn.Linear(self.tokenizer.embed_dim, self.backbone.out_dim)
-            self.query_fusion = TemporalFusion(self.backbone.out_dim, *grid, **query_fusion)
+        self.past_voxel_proj = self.past_query_context = self.query_fusion = None
+        if past_at_queries:
+            width = self.backbone.out_dim
+            self.past_voxel_proj = nn.Linear(self.tokenizer.embed_dim, width)
+            self.past_query_context = nn.Linear(2 * width + 2, width)  # [at the voxel, found, neighbours, count]
+            if query_fusion["depth"] > 0:
+                self.query_fusion = TemporalFusion(width, *grid, **query_fusion)
 
     def encode_past(self, past_points: PointBatch):
         """The whole past frame -> its voxel tokens and its latent tokens (T, D), coords (T, 4), centers (T, 3)."""
@@ -109,12 +115,19 @@ class TemporalMAE(VoxelMAE):
         return latent, mask, tokens
 
     def forward_decoder(self, latent: TemporalLatent, tokens, mask, query_coords, query_centers) -> torch.Tensor:
-        """Voxel-MAE's decoder on the fused latent, then each query voxel reads the past voxels near it."""
+        """Voxel-MAE's decoder on the fused latent, then each query voxel reads the past voxels at and near it."""
         decoded = super().forward_decoder(latent.current, tokens, mask, query_coords, query_centers)
+        if self.past_voxel_proj is None:
+            return decoded
+        past = self.past_voxel_proj(latent.past_voxels)
+        here, found = value_at(query_coords, latent.past_coords, past)
+        around, count = neighbour_mean(query_coords, latent.past_coords, past)
+        context = torch.cat([here, found.unsqueeze(1).to(here), around, count.unsqueeze(1).to(here) / 26.0], dim=1)
+        decoded = decoded + self.past_query_context(context)
         if self.query_fusion is None:
             return decoded
-        return self.query_fusion(decoded, query_coords, query_centers, self.past_voxel_proj(latent.past_voxels),
-                                 latent.past_coords, latent.past_centers, latent.past_dt)
+        return self.query_fusion(decoded, query_coords, query_centers, past, latent.past_coords,
+                                 latent.past_centers, latent.past_dt)
 
     def forward(self, batch: dict) -> dict:
         points = batch["points"]
