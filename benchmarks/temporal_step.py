@@ -16,7 +16,8 @@ step, the median of --repeats steps; wall and process CPU time) at --threads thr
 fresh process, peak memory as in benchmarks/lidar_step.py (resident high-water mark during the steps minus the
 resident size before them). "tokens" = voxels the step tokenizes: the current frame's (Voxel-MAE), plus the past
 frame's (T-MAE); "encoded" = tokens through the encoder: the visible current voxels, plus the whole past frame
-(T-MAE); time per token = step time / tokens.
+(T-MAE); time per token = step time / tokens; matmul GFLOP = the step's matrix-multiply work (counted by
+torch.utils.flop_counter), the part of the cost that does not depend on the machine.
 
     python -m benchmarks.temporal_step [--repeats 3] [--threads 1] [--voxel 0.2]
 
@@ -131,7 +132,7 @@ def measure(kind: str, size: str, args: argparse.Namespace) -> dict:
     from benchmarks.timing import median_wall_and_cpu_ms, torch_threads
 
     current, past, source = load_pair()
-    batch = make_batch(current, past, size)
+    batch = make_batch(current[::args.every], past[::args.every], size)
     model = build_model(kind, args.voxel, args.range)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -147,13 +148,26 @@ def measure(kind: str, size: str, args: argparse.Namespace) -> dict:
         before = _status_mb("VmRSS")
         wall, cpu = median_wall_and_cpu_ms({"step": step}, args.repeats)
         peak = _status_mb("VmHWM") - before
+        flops = matmul_flops(model, batch)
     past = 0 if kind == "voxel_mae" else tokens["past"]
     return {"model": kind, "size": size, "threads": threads, "sweep": source, "malloc": malloc_setting(),
             "points (current + past)": f"{len(batch['points'].xyz)} + {len(batch['past_points'].xyz)}",
             "current voxels": tokens["current"], "visible voxels": tokens["visible"],
             "past voxels": past,
             "tokens": tokens["current"] + past, "encoded": tokens["visible"] + past,
-            "step s": wall["step"] / 1e3, "step CPU s": cpu["step"] / 1e3, "peak MB": peak}
+            "step s": wall["step"] / 1e3, "step CPU s": cpu["step"] / 1e3, "peak MB": peak, "flops": flops}
+
+
+def matmul_flops(model, batch: dict) -> int:
+    """Matrix-multiply FLOPs of one forward + backward (torch's FlopCounterMode: mm, addmm, bmm; the CPU attention
+    kernel inside the 64-token patches is not counted), gradients cleared after."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(batch)["loss"].backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
 
 
 def malloc_setting() -> str:
@@ -194,7 +208,7 @@ def run_fresh(ctx, kind: str, size: str, args: argparse.Namespace) -> dict:
 def section(args: argparse.Namespace) -> list[dict]:
     """tools/benchmark.py's temporal_step section: its --repeats, the first of its --threads, the default grid."""
     return bench_temporal_step(argparse.Namespace(repeats=args.repeats, threads=args.threads[0], voxel=0.2,
-                                                  range=list(RANGE), in_process=False))
+                                                  range=list(RANGE), every=1, in_process=False))
 
 
 def format_row(raw: dict, kind: str, size: str) -> dict:
@@ -206,11 +220,12 @@ def format_row(raw: dict, kind: str, size: str) -> dict:
     return {**{k: r[k] for k in ("model", "size", "threads", "points (current + past)", "current voxels",
                                  "visible voxels", "past voxels", "tokens", "encoded")},
             "step s": f"{r['step s']:.3f}", "step CPU s": f"{r['step CPU s']:.3f}", "peak MB": f"{r['peak MB']:.0f}",
-            "us / token": f"{1e6 * r['step s'] / r['tokens']:.1f}",
+            "us / token": f"{1e6 * r['step s'] / r['tokens']:.1f}", "matmul GFLOP": f"{r['flops'] / 1e9:.1f}",
             "time / Voxel-MAE": f"{r['step s'] / single['step s']:.2f}",
             "peak / Voxel-MAE": f"{r['peak MB'] / max(single['peak MB'], 1e-9):.2f}",
             "full / half: time vs tokens": f"{full['step s'] / half['step s']:.2f} vs "
                                            f"{full['tokens'] / half['tokens']:.2f}",
+            "full / half GFLOP": f"{full['flops'] / half['flops']:.2f}",
             "malloc": r["malloc"], "sweep": r["sweep"]}
 
 
@@ -221,11 +236,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--voxel", type=float, default=0.2, help="voxel edge, metres")
     parser.add_argument("--range", type=float, nargs=6, default=list(RANGE),
                         metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"), help="point cloud range, metres")
+    parser.add_argument("--every", type=int, default=1, help="keep every k-th point of both frames (quick checks)")
     parser.add_argument("--in-process", action="store_true",
                         help="measure every row in this process (quick check; peak memory not comparable between rows)")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.threads < 1 or not args.voxel > 0:
-        parser.error("--repeats and --threads must be >= 1, --voxel > 0")
+    if args.repeats < 1 or args.threads < 1 or args.every < 1 or not args.voxel > 0:
+        parser.error("--repeats, --threads and --every must be >= 1, --voxel > 0")
     return args
 
 

@@ -10,7 +10,7 @@ import torch
 from benchmarks import temporal_step
 from tests.shared_data import shared_data_path
 
-TINY = ["--repeats", "1", "--voxel", "1.0", "--range", "-8", "-8", "-3", "8", "8", "1"]
+TINY = ["--repeats", "1", "--every", "8", "--voxel", "1.0", "--range", "-8", "-8", "-3", "8", "8", "1"]
 
 
 def test_temporal_step_runs_end_to_end():
@@ -41,6 +41,9 @@ def test_temporal_step_runs_end_to_end():
         assert half["tokens"] < full["tokens"]
         time_ratio, token_ratio = (float(v) for v in full["full / half: time vs tokens"].split(" vs "))
         assert token_ratio == pytest.approx(full["tokens"] / half["tokens"], abs=0.01)
+        assert float(full["full / half GFLOP"]) == pytest.approx(
+            float(full["matmul GFLOP"]) / float(half["matmul GFLOP"]), rel=0.1)
+        assert float(half["matmul GFLOP"]) > 0
         assert time_ratio == pytest.approx(float(full["step s"]) / float(half["step s"]), rel=0.02, abs=0.01)
 
 
@@ -73,6 +76,9 @@ def test_a_failing_row_in_its_fresh_process_is_one_line_not_a_hang(capsys):
     with pytest.raises(SystemExit):
         temporal_step.parse_args(["--voxel", "0"])
     assert "--voxel > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        temporal_step.parse_args(["--every", "0"])
+    assert "--every must be >= 1" in capsys.readouterr().err
     args = temporal_step.parse_args(["--repeats", "1", "--range", "0", "0", "50", "10", "10", "51"])  # above all points
     with pytest.raises(RuntimeError, match="benchmarks.temporal_step: voxel_mae full: ValueError: no voxel"):
         temporal_step.run_fresh(multiprocessing.get_context("spawn"), "voxel_mae", "full", args)
@@ -87,7 +93,7 @@ def test_registered_as_a_tools_benchmark_section(monkeypatch):
     seen = []
     monkeypatch.setattr(temporal_step, "bench_temporal_step", lambda a: seen.append(a) or [])
     tool.SECTIONS["temporal_step"](args)
-    assert (seen[0].repeats, seen[0].threads, seen[0].voxel, seen[0].in_process) == (4, 2, 0.2, False)
+    assert (seen[0].repeats, seen[0].threads, seen[0].voxel, seen[0].every, seen[0].in_process) == (4, 2, 0.2, 1, False)
     assert seen[0].range == list(temporal_step.RANGE)
 
 
