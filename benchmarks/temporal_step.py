@@ -1,5 +1,5 @@
-"""T-MAE training step against a Voxel-MAE step on the same current frame, at two sweep sizes: time, peak memory
-and time per token, so the temporal fusion's cost can be seen to grow linearly with the tokens.
+"""T-MAE training step against a Voxel-MAE step on the same current frame, at two sweep sizes: time, peak memory,
+time per token and matrix-multiply work, to see how the cost grows with the tokens.
 
 The pair is two consecutive real HDL-64E sweeps, patchwork-plusplus/data/000001.bin (current) and 000000.bin
 (past), from ../shared/data (or $PCMAE_SHARED_DATA); no poses come with them, so the past sweep is moved by a
@@ -11,10 +11,11 @@ Sizes on that one grid: the whole sweeps ("full"), and their front halves, x >= 
 own range).
 Models, with the same tokenizer, backbone (lidar_step's transformer) and masking (random 0.7): VoxelMAE;
 TemporalMAE (shared encoder, fusion depth 2, patch 64) with its defaults, which include pcmae's reading of the past
-at the decoded query voxels; and TemporalMAE without that reading (T-MAE's own design, "encoder fusion only"). A step is forward + backward + AdamW; timing rule of benchmarks/timing.py (one warm-up
-step, the median of --repeats steps; wall and process CPU time) at --threads threads; each (model, size) in a
-fresh process, peak memory as in benchmarks/lidar_step.py (resident high-water mark during the steps minus the
-resident size before them). "tokens" = voxels the step tokenizes: the current frame's (Voxel-MAE), plus the past
+at the decoded query voxels; and TemporalMAE without that reading (T-MAE's own design, "encoder fusion only").
+A step is forward + backward + AdamW; timing rule of benchmarks/timing.py (one warm-up step, the median of
+--repeats steps; wall and process CPU time) at --threads threads; each (model, size) in a fresh process, peak
+memory as in benchmarks/lidar_step.py (resident high-water mark during the steps minus the resident size before
+them). "tokens" = voxels the step tokenizes: the current frame's (Voxel-MAE), plus the past
 frame's (T-MAE); "encoded" = tokens through the encoder: the visible current voxels, plus the whole past frame
 (T-MAE); time per token = step time / tokens; matmul GFLOP = the step's matrix-multiply work (counted by
 torch.utils.flop_counter), the part of the cost that does not depend on the machine.
@@ -23,8 +24,8 @@ torch.utils.flop_counter), the part of the cost that does not depend on the mach
 
 glibc's malloc returns every block above its mmap threshold (at most 32 MB) to the kernel when it is freed, so
 the activations of a large step come back as fresh pages each step (page faults, kernel zeroing): that time grows
-faster than the tokens. The "malloc" column records the MALLOC_* environment of the run; to keep freed memory in
-the heap instead (the cost of the model itself), run with
+faster than the tokens (the work does not: see the GFLOP ratio). The "malloc" column records the MALLOC_*
+environment of the run; to keep freed memory in the heap instead, run with
 
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 python -m benchmarks.temporal_step
 """
