@@ -62,16 +62,17 @@ def eval_dataset(cfg: dict, args, model):
         if raw and args.layout is None:
             raise SystemExit(f"tools/evaluate.py: {raw[0]} is a raw .bin sweep; give --layout (one of "
                              f"{', '.join(BIN_LAYOUTS)}) to say how many columns it has")
-        return LidarSweeps(sweeps=args.sweeps, layout=args.layout)
+        return LidarSweeps(sweeps=args.sweeps, layout=args.layout, use_columns=args.use_columns)
     temporal = "past_points" in getattr(model, "context_keys", ())
     if args.info_file and temporal:
-        frames = {"type": "LidarSweeps", "info_file": args.info_file, "layout": args.layout}
+        frames = {"type": "LidarSweeps", "info_file": args.info_file, "layout": args.layout,
+                  "use_columns": args.use_columns}
         return LidarSequence(frames, gap=args.gap, frame_period=args.frame_period)
     if args.sweeps and temporal:
         raise SystemExit("tools/evaluate.py: a temporal model needs frames with poses: give --info-file (a "
                          "converter's output) or use the config's data.val")
     if args.info_file:
-        dataset = LidarSweeps(info_file=args.info_file, layout=args.layout)
+        dataset = LidarSweeps(info_file=args.info_file, layout=args.layout, use_columns=args.use_columns)
         if dataset.layout is None and dataset.num_columns is None and any(
                 Path(e["path"]).suffix == ".bin" for e in dataset.entries):
             raise SystemExit(f"tools/evaluate.py: {args.info_file} does not say the columns of its .bin sweeps; "
@@ -131,6 +132,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="mask draws per sweep")
     parser.add_argument("--compare", nargs=3, action="append", default=[], metavar=("NAME", "CONFIG", "CHECKPOINT"),
                         help="also score this model on the same hidden / query voxels (repeatable)")
+    parser.add_argument("--use-columns", type=int, help="read only the first K columns of each sweep (x, y, z first), "
+                        "e.g. 3 for a model of x, y, z on files with intensity")
     parser.add_argument("--gap", type=int, default=1, help="temporal models on --info-file: frames back to the past")
     parser.add_argument("--frame-period", type=float, help="temporal models on --info-file: seconds per frame, "
                         "for logs without timestamps")

@@ -123,7 +123,8 @@ class LidarSweeps(_SweepDataset):
       * ``root`` alone: every ``.bin .npy .pcd`` directly in that folder, sorted by name;
       * ``info_file``: mmdet3d v2 ``{"metainfo", "data_list"}``. Entry ``lidar_points.lidar_path`` is read from
         ``root / data_prefix["pts"] / lidar_path`` (``root`` defaults to the info file's folder, ``data_prefix``
-        to ``{"pts": ""}``). Sweeps in ``lidar_sweeps`` follow mmdet3d's rule: with ``data_prefix["sweeps"]``
+        to ``{"pts": "points", "sweeps": "sweeps"}`` for pcmae converters' output, else ``{"pts": ""}``).
+        Sweeps in ``lidar_sweeps`` follow mmdet3d's rule: with ``data_prefix["sweeps"]``
         their file name is joined to it (to ``"pts"`` when their path contains "samples"), else they resolve
         like key frames. pose = ``ego2global @ lidar_points.lidar2ego`` (a missing one is identity).
     layout: "kitti" (x, y, z, intensity), "nuscenes" (+ ring), "waymo" (+ elongation, timestamp) or "xyz": the
@@ -162,6 +163,7 @@ class LidarSweeps(_SweepDataset):
         self.layout, self.num_sweeps, self.use_columns = layout, int(num_sweeps), use_columns
         self.num_columns: Optional[int] = None  # from an info file's metainfo["point_columns"] (no layout)
         self.data_prefix = {"pts": "", **dict(data_prefix or {})}
+        self.data_prefix_given = data_prefix is not None
         if info_file is not None:
             if sweeps is not None:
                 raise ValueError("LidarSweeps: give either sweeps= or info_file=, not both")
@@ -212,8 +214,10 @@ class LidarSweeps(_SweepDataset):
             raise InfoFileError(f"{info_file}: 'data_list' is empty")
         if all(isinstance(raw, Mapping) and raw.get("label_only") for raw in info["data_list"]):
             raise InfoFileError(f"{info_file}: all {len(info['data_list'])} entries are label-only (no points)")
+        meta = info.get("metainfo") or {}
+        if meta.get("converter") == "pcmae" and not self.data_prefix_given:  # pcmae's converters' folders
+            self.data_prefix = {"pts": "points", "sweeps": "sweeps"}
         if self.layout is None:
-            meta = info.get("metainfo") or {}
             name = str(meta.get("dataset", meta.get("DATASET", ""))).lower()
             self.layout = DATASET_LAYOUTS.get(name)
             if self.layout is None and meta.get("point_columns"):  # pcmae's converters name their columns
