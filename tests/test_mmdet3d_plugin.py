@@ -76,6 +76,8 @@ def save_pcmae(tmp_path, model_cfg: dict, seed: int = 0):
 KITTI_SECOND = dict(type="RadialMAE", point_channels=4, voxel_size=[0.05, 0.05, 0.1],
                     point_cloud_range=[0.0, -40.0, -3.0, 70.4, 40.0, 1.0], max_points_per_voxel=5,
                     tokenizer={"type": "mean"}, backbone={"type": "sparse_conv", "decoder_dim": 32})
+KITTI_SECOND_TEMPORAL = dict(KITTI_SECOND, type="TemporalMAE", share_encoder=False,  # the past encoder is not exported
+                            fusion={"depth": 1, "num_heads": 2, "patch_size": 16})
 NUS_CENTERPOINT = dict(type="VoxelMAE", point_channels=5, voxel_size=[0.1, 0.1, 0.2],
                        point_cloud_range=[-51.2, -51.2, -5.0, 51.2, 51.2, 3.0], max_points_per_voxel=10,
                        tokenizer={"type": "mean"},
@@ -133,7 +135,7 @@ def test_custom_imports_line_registers_the_encoders(tmp_path):
 
 
 # -------------------------------------------------------------------------------------- export round trips
-@pytest.mark.parametrize("layout", ["second_kitti", "centerpoint_nuscenes"])
+@pytest.mark.parametrize("layout", ["second_kitti", "centerpoint_nuscenes", "second_kitti_temporal"])
 def test_export_round_trip_equals_pcmae_encoder(tmp_path, layout):
     """pcmae encoder -> export -> mmdet3d's own detector (its SparseEncoder) loads it strictly with mmengine ->
     the same BEV map and the same gradients on a real sweep, bit for bit."""
@@ -143,6 +145,8 @@ def test_export_round_trip_equals_pcmae_encoder(tmp_path, layout):
 
     if layout == "second_kitti":
         model_cfg, base, slot, sweep, columns = KITTI_SECOND, SECOND_KITTI, "middle_encoder", KITTI_SWEEP, 4
+    elif layout == "second_kitti_temporal":
+        model_cfg, base, slot, sweep, columns = KITTI_SECOND_TEMPORAL, SECOND_KITTI, "middle_encoder", KITTI_SWEEP, 4
     else:
         model_cfg, base, slot, sweep, columns = NUS_CENTERPOINT, CENTERPOINT_NUS, "pts_middle_encoder", NUSCENES_SWEEP, 5
     ckpt, model = save_pcmae(tmp_path, model_cfg)

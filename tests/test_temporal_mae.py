@@ -304,3 +304,33 @@ def test_shipped_temporal_demo_config_builds_its_dataset_and_model():
     assert isinstance(data, LidarSequence) and len(data) == 4
     model = build_model(cfg["model"])
     assert type(model).__name__ == "TemporalMAE" and model.past_encoder is None
+
+
+def test_evaluate_tool_scores_temporal_single_frame_and_copy_past_on_the_same_voxels(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from pcmae.engine.checkpoint import save_checkpoint
+    from tools import evaluate as tool
+
+    val = {"type": "LidarSequence", "frames": {**COARSE, "num_frames": 3, "frames_per_scene": 3, "seed": 1},
+           "point_cloud_range": RANGE}
+    paths = {}
+    for name, model_cfg in (("temporal", dict(TINY)),
+                            ("single", {k: v for k, v in TINY.items() if k != "fusion"} | {"type": "VoxelMAE"})):
+        torch.manual_seed(0)
+        model = build_model(dict(model_cfg))
+        cfg = {"model": model_cfg, "data": {"train": val, "val": val}, "train": {"epochs": 1}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        paths[name] = save_checkpoint(tmp_path / f"{name}.pth", {"model": model.state_dict(), "config": cfg})
+    (tmp_path / "prior.json").write_text(json.dumps({"range_prior": {"ring_m": 5.0, "rates": [0.5] * 8}}))
+    result = tool.main([str(tmp_path / "temporal.yaml"), "--checkpoint", str(paths["temporal"]), "--seeds", "0",
+                        "--prior", str(tmp_path / "prior.json"), "--compare", "single_frame",
+                        str(tmp_path / "single.yaml"), str(paths["single"])])
+    printed = capsys.readouterr().out
+    assert "| copy the aligned past frame |" in printed and "| single_frame |" in printed
+    assert result["num_sweeps"] == 2 and {"copy_past", "single_frame"} <= set(result["predictors"])
+    with pytest.raises(SystemExit, match="a temporal model needs frames with poses"):
+        tool.main([str(tmp_path / "temporal.yaml"), "--checkpoint", str(paths["temporal"]), "--prior",
+                   str(tmp_path / "prior.json"), "--sweeps", str(tmp_path / "prior.json")])

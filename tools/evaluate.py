@@ -57,12 +57,6 @@ def _unaugmented(cfg: dict) -> dict:
 def eval_dataset(cfg: dict, args, model):
     if args.sweeps and args.info_file:
         raise SystemExit("tools/evaluate.py: give --sweeps or --info-file, not both")
-    if args.sweeps:
-        raw = [s for s in args.sweeps if Path(s).suffix == ".bin"]
-        if raw and args.layout is None:
-            raise SystemExit(f"tools/evaluate.py: {raw[0]} is a raw .bin sweep; give --layout (one of "
-                             f"{', '.join(BIN_LAYOUTS)}) to say how many columns it has")
-        return LidarSweeps(sweeps=args.sweeps, layout=args.layout, use_columns=args.use_columns)
     temporal = "past_points" in getattr(model, "context_keys", ())
     if args.info_file and temporal:
         frames = {"type": "LidarSweeps", "info_file": args.info_file, "layout": args.layout,
@@ -71,6 +65,12 @@ def eval_dataset(cfg: dict, args, model):
     if args.sweeps and temporal:
         raise SystemExit("tools/evaluate.py: a temporal model needs frames with poses: give --info-file (a "
                          "converter's output) or use the config's data.val")
+    if args.sweeps:
+        raw = [s for s in args.sweeps if Path(s).suffix == ".bin"]
+        if raw and args.layout is None:
+            raise SystemExit(f"tools/evaluate.py: {raw[0]} is a raw .bin sweep; give --layout (one of "
+                             f"{', '.join(BIN_LAYOUTS)}) to say how many columns it has")
+        return LidarSweeps(sweeps=args.sweeps, layout=args.layout, use_columns=args.use_columns)
     if args.info_file:
         dataset = LidarSweeps(info_file=args.info_file, layout=args.layout, use_columns=args.use_columns)
         if dataset.layout is None and dataset.num_columns is None and any(
@@ -148,7 +148,7 @@ def main(argv=None):
     model = build_model(cfg["model"])
     if not hasattr(model, "predict_occupancy"):
         raise SystemExit(f"{args.config}: model.type {cfg['model'].get('type')} is not a LiDAR occupancy model "
-                         f"(VoxelMAE / RadialMAE)")
+                         f"(VoxelMAE / RadialMAE / TemporalMAE)")
     load_model_weights(model, args.checkpoint, expected_type=cfg["model"].get("type"))
     model.to(pick_device(args.device)).eval()
     compare = {}

@@ -98,7 +98,7 @@ def _pcmae_part(ckpt: dict, path, slot: str) -> Part:
     model = build_model(dict(model_cfg))
     if not hasattr(model, "detector_parts"):
         raise PretrainedWeightsError(f"{path}: model.type {model_cfg.get('type')} has no detector encoder "
-                                     f"(LiDAR pre-training models: VoxelMAE, RadialMAE)")
+                                     f"(LiDAR pre-training models: VoxelMAE, RadialMAE, TemporalMAE)")
     weights = OrderedDict(ckpt["model"])
     weights._metadata = model.state_dict()._metadata  # pcmae writes spconv 2.x layout, whatever was imported since
     model.load_state_dict(weights)
