@@ -141,6 +141,25 @@ def bag_tasks(bag: Path, topic: str, columns: Sequence[str], odom_topic: Optiona
     return tasks, {"bag": str(bag), "topic": topic, "zero_filled_columns": missing, "odom_topic": odom_topic}
 
 
+def iter_clouds(bag: Path, topic: str, columns: Sequence[str] = ("x", "y", "z")):
+    """(ordinal, (N, len(columns)) float32 cloud) of each PointCloud2 message on ``topic``, in log order: a bag as
+    a stream (tools/tta.py --bag). Errors of the bag itself raise ConversionError naming it."""
+    bag = Path(bag)
+    if not bag.exists():
+        raise ConversionError(f"{bag}: bag not found")
+    reader_class = _any_reader()
+    try:
+        with reader_class([bag]) as reader:
+            conns = _connections(reader, bag, topic, POINTCLOUD2)
+            for ordinal, (conn, _, raw) in enumerate(reader.messages(connections=conns)):
+                where = f"{bag} topic {topic} message {ordinal}"
+                yield ordinal, decode_pointcloud2(reader.deserialize(raw, conn.msgtype), columns, where)[0]
+    except ConversionError:
+        raise
+    except Exception as err:  # rosbags' reader errors: not a bag, truncated, unknown storage
+        raise ConversionError(f"{bag}: cannot read the bag ({type(err).__name__}: {err})") from err
+
+
 def _scan(reader_class, bag: Path, topic: str, columns: Sequence[str], odom_topic: Optional[str]):
     """(log times of the clouds, columns the first cloud lacks, [(log time, odometry pose)]) in one read."""
     with reader_class([bag]) as reader:

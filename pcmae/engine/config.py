@@ -32,6 +32,7 @@ CONFIG_SECTIONS = {
     "train": "engine settings (TrainConfig fields)",
     "probe": "linear-probe datasets: 'train' and 'test', each a dict with 'type'",
     "work_dir": "output folder",
+    "tta": "test-time adaptation settings (tools/tta.py, pcmae.tta.TTAConfig fields)",
 }
 REQUIRED_SECTIONS = ("model", "data", "train")
 DATASET_GROUPS = {"data": ("train", "val"), "probe": ("train", "test")}  # section -> its dataset keys

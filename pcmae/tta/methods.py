@@ -1,0 +1,73 @@
+"""What adapts a classifier to the test data it meets: registry entries of ``tta.method``.
+
+Each method says which parameters take gradient steps, on which loss of a batch of copies of the incoming sample,
+and whether the encoder's BatchNorm layers normalise with the sample's own statistics (``bn_stats``):
+  source   nothing adapts (the baseline);
+  bn       BatchNorm statistics of the test sample, no gradient step (BN-adapt);
+  tent     entropy of the predicted class distribution, BatchNorm affine parameters only (TENT, Wang et al. 2021);
+  mate     Point-MAE's masked reconstruction loss of the joint model, every encoder parameter (MATE, Mirza et al.
+           2023; needs ``model.reconstruction_loss``).
+Models provide ``classify(points (B, N, 3)) -> logits (B, K)`` and an ``encoder`` module.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from pcmae.registry import Registry
+
+TTA_METHODS = Registry("test-time adaptation method")
+
+
+def encoder_batchnorms(model: nn.Module) -> list[_BatchNorm]:
+    """The BatchNorm layers of ``model.encoder`` (per-point / per-patch statistics: a single sample has them; the
+    classification head's BatchNorm normalises over the batch and keeps its source statistics)."""
+    return [m for m in model.encoder.modules() if isinstance(m, _BatchNorm)]
+
+
+class Method:
+    """No adaptation."""
+
+    bn_stats = False  # default for ``tta.bn_stats``
+
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        return []
+
+    def loss(self, model: nn.Module, copies: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+TTA_METHODS.register(Method, name="source")
+
+
+@TTA_METHODS.register(name="bn")
+class BatchNormAdapt(Method):
+    bn_stats = True
+
+
+@TTA_METHODS.register(name="tent")
+class Tent(Method):
+    bn_stats = True
+
+    def parameters(self, model):
+        return [p for m in encoder_batchnorms(model) for p in (m.weight, m.bias) if p is not None]
+
+    def loss(self, model, copies, generator):
+        logp = F.log_softmax(model.classify(copies).float(), dim=-1)
+        return -(logp.exp() * logp).sum(-1).mean()
+
+
+@TTA_METHODS.register(name="mate")
+class Mate(Method):
+    bn_stats = True
+
+    def parameters(self, model):
+        if not hasattr(model, "reconstruction_loss"):
+            raise TypeError(f"tta.method 'mate' needs a joint model with reconstruction_loss (type MATE), got "
+                            f"{type(model).__name__}")
+        return list(model.encoder.parameters())
+
+    def loss(self, model, copies, generator):
+        return model.reconstruction_loss(copies, generator=generator)

@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""Test-time adaptation of a point-cloud classifier on a stream: for each incoming sample, adapt, then predict.
+
+    python tools/tta.py configs/mate/demo.yaml --checkpoint CKPT --corruption gaussian --severity 5
+    python tools/tta.py configs/mate/demo.yaml --checkpoint CKPT --folder incoming/ --timeout 30 tta.protocol=online
+    python tools/tta.py configs/mate/demo.yaml --checkpoint CKPT --files a.ply b.off c.npy
+    python tools/tta.py configs/mate/demo.yaml --checkpoint CKPT --bag drive.bag --topic /points
+    python tools/tta.py configs/mate/demo.yaml --checkpoint CKPT --table      # every corruption x every method
+
+The ``tta:`` section of the config (pcmae.tta.TTAConfig: method source | bn | tent | mate, protocol standard |
+online | stride, steps, copies, lr, bn_stats, ...) says how; ``key=value`` overrides it. Without --files /
+--folder / --bag the stream is the config's ``data.val`` set, corrupted with ``--corruption`` at ``--severity``
+(pcmae.data.CorruptedObjects). Writes ``<work dir>/tta/metrics.jsonl`` (one line per sample: prediction, label,
+rolling accuracy, adaptation loss, reset, latency in ms) and ``accuracy.png`` (rolling accuracy over the stream).
+``--table``: accuracy and ms per sample of source-only, BN-adapt, TENT, MATE-standard, MATE-online and MATE-online
+stride 4 on each corruption of ``tta_table.corruptions`` (default: all 15) at ``--severity``, and their mean.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+from pcmae.engine.build import build_dataset, build_model, command_line, default_work_dir, load_checked_config
+from pcmae.engine.checkpoint import load_model_weights
+from pcmae.io.atomic import atomic_write
+from pcmae.tta import StreamAdapter, TTAConfig, dataset_source, files_source, folder_source, run_stream
+
+TABLE_RUNS = {"source-only": {"method": "source"}, "BN-adapt": {"method": "bn"}, "TENT": {"method": "tent",
+              "protocol": "online"}, "MATE-standard": {"method": "mate", "protocol": "standard"},
+              "MATE-online": {"method": "mate", "protocol": "online"},
+              "MATE-online stride 4": {"method": "mate", "protocol": "stride", "stride": 4}}
+
+
+def stream_of(args, cfg: dict, corruption: str | None):
+    if args.files:
+        return files_source(args.files, layout=args.layout)
+    if args.folder:
+        return folder_source(args.folder, layout=args.layout, timeout_s=args.timeout)
+    if args.bag:
+        from data_converters.rosbag import iter_clouds
+        from pcmae.tta import StreamSample
+
+        return (StreamSample(f"{args.bag}:{args.topic}[{i}]", cloud) for i, cloud in iter_clouds(Path(args.bag),
+                                                                                                 args.topic))
+    if "val" not in cfg["data"]:
+        raise SystemExit(f"{args.config}: no stream given (--files / --folder / --bag) and no data.val set")
+    dataset = cfg["data"]["val"]
+    if corruption is not None:
+        dataset = {"type": "CorruptedObjects", "dataset": dataset, "corruption": corruption,
+                   "severity": args.severity, "seed": args.seed}
+    return dataset_source(build_dataset(dataset, where="data.val"), limit=args.limit)
+
+
+def adapt_stream(model_cfg: dict, checkpoint, tta_cfg: TTAConfig, samples, log=print) -> list[dict]:
+    """A fresh model from ``checkpoint`` adapted along ``samples``: the records, with rolling accuracy."""
+    model = build_model(copy.deepcopy(model_cfg))
+    load_model_weights(model, checkpoint, expected_type=model_cfg.get("type"))
+    adapter = StreamAdapter(model, tta_cfg)
+    records, correct, labelled = [], 0, 0
+    for record in run_stream(adapter, samples, log):
+        if record.get("correct") is not None:
+            correct, labelled = correct + record["correct"], labelled + 1
+            record["rolling_acc"] = correct / labelled
+        records.append(record)
+    return records
+
+
+def summary(records: list[dict]) -> dict:
+    done = [r for r in records if "skipped" not in r]
+    labelled = [r for r in done if r.get("correct") is not None]
+    return {"samples": len(done), "skipped": len(records) - len(done), "resets": sum(r["reset"] for r in done),
+            "accuracy": sum(r["correct"] for r in labelled) / len(labelled) if labelled else None,
+            "ms_per_sample": sum(r["latency_ms"] for r in done) / max(len(done), 1)}
+
+
+def save_outputs(records: list[dict], out_dir: Path) -> None:
+    from pcmae.visualization import new_figure, save_png
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(out_dir / "metrics.jsonl", lambda f: f.write(lines.encode()))
+    points = [(r["index"], r["rolling_acc"]) for r in records if "rolling_acc" in r]
+    if points:
+        fig = new_figure(6, 3, 100)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.plot([p[0] for p in points], [p[1] for p in points])
+        ax.set_xlabel("sample")
+        ax.set_ylabel("rolling accuracy")
+        ax.set_ylim(0, 1)
+        fig.tight_layout()
+        save_png(fig, out_dir / "accuracy.png")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config")
+    parser.add_argument("--checkpoint", required=True, help="the trained model (tools/pretrain.py output)")
+    parser.add_argument("--files", nargs="+", help="point-cloud files, in stream order")
+    parser.add_argument("--folder", help="a folder being written to: its files, then new ones as they arrive")
+    parser.add_argument("--timeout", type=float, default=10.0, help="--folder: stop after this many idle seconds")
+    parser.add_argument("--bag", help="a ROS1 / ROS2 bag; --topic: its PointCloud2 topic")
+    parser.add_argument("--topic")
+    parser.add_argument("--layout", help="column layout of .bin files")
+    parser.add_argument("--corruption", help="corrupt the data.val stream (pcmae.data.corruptions)")
+    parser.add_argument("--severity", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, help="at most this many samples of data.val")
+    parser.add_argument("--table", action="store_true", help="every corruption x every method (the README table)")
+    parser.add_argument("--work-dir", help="default: the config's work dir")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. tta.protocol=standard")
+    args = parser.parse_intermixed_args(argv)
+    if args.bag and not args.topic:
+        raise SystemExit("tools/tta.py: --bag needs --topic")
+
+    cfg = load_checked_config(args.config, args.overrides)
+    out_dir = Path(args.work_dir or default_work_dir(args.config, cfg)) / "tta"
+    base = dict(cfg.get("tta") or {})
+    if not args.table:
+        tta_cfg = TTAConfig.from_dict(base)
+        records = adapt_stream(cfg["model"], args.checkpoint, tta_cfg, stream_of(args, cfg, args.corruption))
+        save_outputs(records, out_dir)
+        result = summary(records)
+        print(json.dumps({"method": tta_cfg.method, "protocol": tta_cfg.protocol, **result}))
+        return result
+    from pcmae.data.corruptions import OBJECT_CORRUPTIONS
+
+    corruptions = list((cfg.get("tta_table") or {}).get("corruptions", OBJECT_CORRUPTIONS))
+    table = {}
+    for corruption in corruptions:
+        for name, run in TABLE_RUNS.items():
+            tta_cfg = TTAConfig.from_dict({**base, **run})
+            table.setdefault(corruption, {})[name] = summary(adapt_stream(
+                cfg["model"], args.checkpoint, tta_cfg, stream_of(args, cfg, corruption), log=None))
+        print(corruption, {k: round(v["accuracy"], 3) for k, v in table[corruption].items()}, flush=True)
+    print_table(table, args.severity)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / "table.json", lambda f: f.write(json.dumps(table, indent=2).encode()))
+    return table
+
+
+def print_table(table: dict, severity: int) -> None:
+    names = list(TABLE_RUNS)
+    print(f"accuracy % (ms per sample), severity {severity}")
+    print("| corruption | " + " | ".join(names) + " |\n|---" * 1 + "|---" * len(names) + "|")
+    for corruption, runs in table.items():
+        print(f"| {corruption} | " + " | ".join(f"{100 * runs[n]['accuracy']:.1f} ({runs[n]['ms_per_sample']:.0f})"
+                                                for n in names) + " |")
+    means = {n: sum(t[n]["accuracy"] for t in table.values()) / len(table) for n in names}
+    print("| mean | " + " | ".join(f"{100 * means[n]:.1f}" for n in names) + " |")
+
+
+if __name__ == "__main__":
+    command_line(main)()
