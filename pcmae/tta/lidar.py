@@ -20,18 +20,21 @@ from pcmae.evaluation.occupancy import _sweeps, evaluate_sweep
 def lidar_stream(model, dataset, point_cloud_range, steps: int = 1, lr: float = 1e-4, seeds=(0, 1, 2),
                  adapt: bool = True) -> dict:
     """Score every sweep of ``dataset`` in order (pooled over the stream), adapting after each when ``adapt``.
-    Returns {"per_sweep": [{index, loss, adapt_ms, score_ms}], "pooled": {predictor: metrics}}; ``model`` is adapted
+    Returns {"per_sweep": [{index, loss, f1, auroc, ..., adapt_ms, score_ms}], "pooled": {predictor: metrics}}; ``model`` is adapted
     in place (pass a copy to keep the source)."""
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr) if adapt else None
     pooled: dict[str, list] = {"labels": [], "prob": [], "neighbour": []}
     per_sweep = []
     for index, (batch, _) in enumerate(_sweeps(dataset, point_cloud_range, model_device(model))):
         start = time.perf_counter()
+        mine = {key: [] for key in pooled}
         for seed in seeds:
             r = evaluate_sweep(model, batch, seed)
             for key in pooled:
+                mine[key].append(r[key])
                 pooled[key].append(r[key])
         scored = time.perf_counter()
+        sweep_prob, sweep_labels = torch.cat(mine["prob"]), torch.cat(mine["labels"])
         loss = None
         if adapt:
             model.train()
@@ -42,7 +45,8 @@ def lidar_stream(model, dataset, point_cloud_range, steps: int = 1, lr: float = 
                 optimizer.step()
                 loss = out["loss"].item() if loss is None else loss
             model.eval()
-        per_sweep.append({"index": index, "loss": loss, "score_ms": 1000 * (scored - start),
+        per_sweep.append({"index": index, "loss": loss, **score_metrics(sweep_prob, sweep_prob > 0.5, sweep_labels),
+                          "score_ms": 1000 * (scored - start),
                           "adapt_ms": 1000 * (time.perf_counter() - scored)})
     labels, prob, neighbour = (torch.cat(pooled[k]) for k in ("labels", "prob", "neighbour"))
     scores = {"model": (prob, prob > 0.5), "neighbour": (neighbour, neighbour > 0),

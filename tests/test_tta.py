@@ -1,0 +1,181 @@
+"""Test-time adaptation on streams: protocols, methods, safety, stream sources, the LiDAR stream."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from pcmae.engine.build import build_model
+from pcmae.registry import ConfigError
+from pcmae.tta import (StreamAdapter, StreamSample, TTAConfig, dataset_source, files_source, folder_source,
+                       run_stream)
+
+TINY = dict(num_groups=8, group_size=8, embed_dim=16, depth=1, num_heads=2, drop_path_rate=0.0)
+
+
+def classifier(kind="PointClassifier", seed=0):
+    torch.manual_seed(seed)
+    extra = {"decoder_depth": 1, "decoder_num_heads": 2} if kind == "MATE" else {}
+    return build_model({"type": kind, "num_classes": 4, **TINY, **extra}).eval()
+
+
+def clouds(n=4, points=128, seed=0):
+    g = np.random.default_rng(seed)
+    return [g.normal(size=(points, 3)).astype(np.float32) * (1 + i) for i in range(n)]
+
+
+def state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def run(model, samples, **cfg):
+    adapter = StreamAdapter(model, TTAConfig.from_dict({"num_points": 64, "copies": 4, "lr": 1e-2, **cfg}))
+    return adapter, [adapter(x, label=0) for x in samples]
+
+
+def test_standard_protocol_restores_the_source_weights_before_every_sample():
+    xs = clouds(3)
+    model = classifier()
+    source = state(model)
+    adapter, records = run(model, xs, method="tent", protocol="standard")
+    assert not same(source, state(model))  # it adapted (on the last sample)
+    alone = run(classifier(), [xs[2]], method="tent", protocol="standard")[1][0]
+    assert records[2]["pred"] == alone["pred"] and records[2]["loss"] == pytest.approx(alone["loss"], rel=1e-6)
+    adapter.reset()
+    assert same(source, state(model))
+
+
+def test_online_keeps_the_weights_and_stride_skips_samples():
+    xs = clouds(4)
+    after_one = state(run(classifier(), xs[:1], method="tent", protocol="online")[0].model)
+    model = classifier()
+    _, records = run(model, xs[:2], method="tent", protocol="online")
+    assert not same(after_one, state(model))  # the second sample moved the weights further
+    alone = run(classifier(), [xs[1]], method="tent", protocol="online")[1][0]
+    assert records[1]["loss"] != pytest.approx(alone["loss"], rel=1e-6)  # what came before matters
+
+    model = classifier()
+    adapter = StreamAdapter(model, TTAConfig.from_dict({"method": "tent", "protocol": "stride", "stride": 2,
+                                                        "num_points": 64, "copies": 4, "lr": 1e-2}))
+    flags, states = [], []
+    for x in xs:
+        flags.append(adapter(x)["adapted"])
+        states.append(state(model))
+    assert flags == [True, False, True, False]
+    assert same(states[0], states[1]) and not same(states[1], states[2]) and same(states[2], states[3])
+
+
+def test_source_and_bn_take_no_step_but_bn_uses_the_samples_statistics():
+    x = clouds(1)[0] * 5 + 3
+    model = classifier()
+    source = state(model)
+    source_pred = run(model, [x], method="source")[1][0]
+    assert same(source, state(model))
+    model = classifier()
+    bn = StreamAdapter(model, TTAConfig.from_dict({"method": "bn", "num_points": 64}))
+    assert bn.params == [] and bn.optimizer is None
+    bn(x)
+    assert all(torch.equal(v, source[k]) for k, v in model.state_dict().items() if "running" not in k)
+    logits = {}
+    for method in ("source", "bn"):
+        adapter = StreamAdapter(classifier(), TTAConfig.from_dict({"method": method, "num_points": 64, "seed": 1}))
+        adapter._modes(adapting=False)
+        points = torch.as_tensor(x)[:64].unsqueeze(0)
+        logits[method] = adapter.model.classify(points)
+    assert not torch.allclose(logits["source"], logits["bn"])
+    assert source_pred["adapted"] is False
+
+
+def test_bad_samples_are_reported_and_skipped_and_the_stream_goes_on(tmp_path):
+    good = tmp_path / "a.npy"
+    np.save(good, clouds(1)[0])
+    broken = tmp_path / "b.ply"
+    broken.write_bytes(b"ply\nformat ascii 1.0\nelement vertex 99999999\n")
+    nan = clouds(1)[0]
+    nan[3] = np.nan
+    samples = [*files_source([good, broken]), StreamSample("nan", nan), StreamSample("empty", np.zeros((0, 3))),
+               StreamSample("good again", clouds(1)[0], label=1)]
+    logged = []
+    adapter = StreamAdapter(classifier(), TTAConfig.from_dict({"method": "tent", "num_points": 64, "copies": 2}))
+    records = list(run_stream(adapter, samples, logged.append))
+    assert [("skipped" in r) for r in records] == [False, True, True, True, False]
+    assert "b.ply" in logged[0] and "NaN" in logged[1] and "0 points" in logged[2]
+    assert records[-1]["label"] == 1 and records[-1]["index"] == 1
+
+
+def test_drift_resets_to_the_source_weights():
+    model = classifier()
+    source = state(model)
+    adapter, records = run(model, clouds(6), method="tent", protocol="online", drift_warmup=1, drift_patience=1,
+                           drift_factor=1e-6)  # any later loss is "above": reset at sample 1
+    assert records[1]["reset"] and adapter.resets >= 1
+    last_reset = max(i for i, r in enumerate(records) if r["reset"])
+    if last_reset == len(records) - 1:
+        assert same(source, state(model))
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="'tta.protocol' must be one of standard, online, stride"):
+        TTAConfig.from_dict({"protocol": "sometimes"})
+    with pytest.raises(ConfigError, match="unknown key 'tta.stepz'"):
+        TTAConfig.from_dict({"stepz": 2})
+    with pytest.raises(ConfigError, match="'tta.copies' must be an int >= 1"):
+        TTAConfig.from_dict({"copies": 0})
+    with pytest.raises(TypeError, match="tta.method 'mate' needs a joint model"):
+        StreamAdapter(classifier(), TTAConfig.from_dict({"method": "mate"}))
+
+
+def test_folder_source_picks_up_files_as_they_are_written(tmp_path):
+    np.save(tmp_path / "000.npy", clouds(1)[0])
+
+    def writer():
+        for i in (1, 2):
+            time.sleep(0.3)
+            np.save(tmp_path / f"{i:03d}.npy", clouds(1, seed=i)[0])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    names = [s.name.rsplit("/", 1)[-1] for s in folder_source(tmp_path, timeout_s=1.0, poll_s=0.05)]
+    thread.join()
+    assert names == ["000.npy", "001.npy", "002.npy"]
+    (tmp_path / "STOP").touch()
+    assert list(folder_source(tmp_path, timeout_s=5.0)) == []  # the stop file ends it at once
+
+
+def test_dataset_source_gives_labels():
+    from pcmae.data import SyntheticObjects
+
+    data = SyntheticObjects(num_samples=3, num_points=256)
+    samples = list(dataset_source(data, limit=2))
+    assert len(samples) == 2 and samples[1].label == int(data[1]["label"])
+
+
+def test_lidar_stream_scores_each_sweep_before_adapting_on_it():
+    from pcmae.data import SimulatedLidarSweeps
+    from pcmae.tta.lidar import source_and_adapted
+
+    torch.manual_seed(0)
+    grid = dict(voxel_size=[0.8, 0.8, 0.4], point_cloud_range=[-20.0, -20.0, -3.0, 20.0, 20.0, 5.0])
+    model = build_model({"type": "VoxelMAE", "point_channels": 5, **grid, "num_pred_points": 4,
+                         "tokenizer": {"type": "pointnet", "embed_dim": 16, "hidden_dim": 16},
+                         "backbone": {"type": "transformer", "embed_dim": 16, "depth": 1, "num_heads": 2,
+                                      "patch_size": 16, "decoder_dim": 16, "decoder_depth": 1,
+                                      "decoder_num_heads": 2}}).eval()
+    before = state(model)
+    sweeps = SimulatedLidarSweeps(num_frames=3, beams="hdl32", azimuth_resolution=2.0)
+    result = source_and_adapted(model, sweeps, grid["point_cloud_range"], steps=1, lr=1e-2, seeds=(0,))
+    assert same(before, state(model))  # the source model is left as it was
+    source, adapted = result["source"], result["adapted"]
+    assert [r["loss"] for r in source["per_sweep"]] == [None] * 3
+    assert all(r["loss"] > 0 for r in adapted["per_sweep"])
+    assert source["num_queries"] == adapted["num_queries"]  # the same masks and queries
+    first, later = adapted["per_sweep"][0], adapted["per_sweep"][1:]
+    assert first["f1"] == source["per_sweep"][0]["f1"] and first["auroc"] == source["per_sweep"][0]["auroc"]
+    assert any(a["auroc"] != s["auroc"] for a, s in zip(later, source["per_sweep"][1:]))
