@@ -34,6 +34,7 @@ REGISTERED = {
     "PointMAE": dict(type="PointMAE", **POINT_MAE, decoder_depth=1, decoder_num_heads=2),
     "PointMAE-block": dict(type="PointMAE", **POINT_MAE, decoder_depth=1, decoder_num_heads=2, mask_type="block"),
     "PointClassifier": dict(type="PointClassifier", num_classes=4, **POINT_MAE),
+    "MATE": dict(type="MATE", num_classes=4, **POINT_MAE, decoder_depth=1, decoder_num_heads=2),
     "VoxelMAE-transformer-pointnet-random": dict(
         type="VoxelMAE", **GRID, point_channels=4, tokenizer={"type": "pointnet", "embed_dim": 16, "hidden_dim": 16},
         backbone=TRANSFORMER, masking={"type": "random", "ratio": 0.7}, num_pred_points=4),
@@ -114,7 +115,7 @@ def make_batch(cfg: dict, seed: int) -> dict:
             batch["dt"] = torch.tensor([0.1, 0.2])
         return batch
     batch = {"points": torch.randn(2, 64, 3, generator=g)}
-    if cfg["type"] == "PointClassifier":
+    if cfg["type"] in ("PointClassifier", "MATE"):
         batch["label"] = torch.randint(0, cfg.get("num_classes", 40), (2,), generator=g)
     return batch
 

@@ -132,7 +132,7 @@ def test_classifier_logits_loss_and_encoder_transfer():
     out = clf({"points": cloud(b=4), "label": torch.tensor([0, 1, 2, 3])})
     assert out["logits"].shape == (4, 5) and out["loss"] > 0
     out["loss"].backward()
-    assert clf.cls_token.grad is not None
+    assert clf.head.cls_token.grad is not None
     with pytest.raises(ValueError, match="no 'encoder"):
         clf.load_encoder_from_pretrainer({"head.0.weight": torch.zeros(1)})
 

@@ -1,7 +1,8 @@
 """Shape classification with a Point-MAE encoder (the fine-tuning model of the paper).
 
 tokens = [cls, patches] with positions [cls_pos, pos]; feature = concat(cls output, max over patches);
-head = Linear-BN-ReLU-Dropout-Linear-BN-ReLU-Dropout-Linear.
+MLP = Linear-BN-ReLU-Dropout-Linear-BN-ReLU-Dropout-Linear. The head (cls token, cls position, MLP) is its own
+module (``ClassificationHead`` in pcmae/backbones/point_mae_parts.py), so the joint model MATE composes the same one.
 """
 from __future__ import annotations
 
@@ -10,9 +11,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from pcmae.augment import get_augmentation
+from pcmae.backbones.point_mae_parts import ClassificationHead, rename_legacy_keys
 from pcmae.backbones.transformer import PointTransformerEncoder, init_vit_weights
 from pcmae.registry import MODELS
 from pcmae.tokenizers.point_groups import PointGrouper
+
+
+def classification_outputs(logits: torch.Tensor, batch: dict, label_smoothing: float = 0.0) -> dict:
+    """{"logits"} plus, when ``batch`` has "label" (B,), the cross-entropy "loss" and the batch "acc"."""
+    out = {"logits": logits}
+    if "label" in batch:
+        label = batch["label"].reshape(-1).long()
+        out["loss"] = F.cross_entropy(logits, label, label_smoothing=label_smoothing)
+        out["acc"] = (logits.argmax(-1) == label).float().mean()
+    return out
+
+
+# pcmae checkpoints written before the head was its own module
+LEGACY_HEAD_KEYS = {"cls_token": "head.cls_token", "cls_pos": "head.cls_pos", "head.": "head.mlp."}
+
+
+def is_legacy_head_state(state_dict: dict, prefix: str = "") -> bool:
+    return prefix + "cls_token" in state_dict
 
 
 @MODELS.register
@@ -25,41 +45,32 @@ class PointClassifier(nn.Module):
         self.augment = get_augmentation(augment)
         self.grouper = PointGrouper(num_groups, group_size)
         self.encoder = PointTransformerEncoder(embed_dim, depth, num_heads, drop_path_rate)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.cls_pos = nn.Parameter(torch.randn(1, 1, embed_dim))
-        self.head = nn.Sequential(
-            nn.Linear(2 * embed_dim, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(head_dropout),
-            nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(head_dropout),
-            nn.Linear(256, num_classes),
-        )
-        self.apply(init_vit_weights)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.cls_pos, std=0.02)
+        self.encoder.apply(init_vit_weights)
+        self.head = ClassificationHead(embed_dim, num_classes, head_dropout)
+        self.register_load_state_dict_pre_hook(upgrade_legacy_head_hook)
+
+    def upgrade_state_dict(self, state_dict: dict) -> dict:
+        """A copy of ``state_dict`` with old key names renamed (what ``load_state_dict`` will see)."""
+        state_dict = dict(state_dict)
+        return rename_legacy_keys(state_dict, LEGACY_HEAD_KEYS) if is_legacy_head_state(state_dict) else state_dict
 
     def no_weight_decay(self):
-        return {"cls_token", "cls_pos"}
+        return {"head.cls_token", "head.cls_pos"}
 
     def forward_features(self, points: torch.Tensor) -> torch.Tensor:
         """points (B, N, 3) -> (B, 2C) = concat(cls token output, max over patch tokens)."""
         groups = self.grouper(points)
-        tokens, pos = self.encoder.embed(groups.neighborhoods, groups.centers)
-        b = tokens.shape[0]
-        x = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
-        pos = torch.cat([self.cls_pos.expand(b, -1, -1), pos], dim=1)
-        x = self.encoder(x, pos)
-        return torch.cat([x[:, 0], x[:, 1:].max(dim=1).values], dim=-1)
+        return self.head.features(self.encoder, *self.encoder.embed(groups.neighborhoods, groups.centers))
+
+    def classify(self, points: torch.Tensor) -> torch.Tensor:
+        """points (B, N, 3) -> logits (B, num_classes); no augmentation (the caller sets train / eval mode)."""
+        return self.head.mlp(self.forward_features(points))
 
     def forward(self, batch: dict) -> dict:
         points = batch["points"]
         if self.training and self.augment is not None:
             points = self.augment(points)
-        logits = self.head(self.forward_features(points))
-        out = {"logits": logits}
-        if "label" in batch:
-            label = batch["label"].reshape(-1).long()
-            out["loss"] = F.cross_entropy(logits, label, label_smoothing=self.label_smoothing)
-            out["acc"] = (logits.argmax(-1) == label).float().mean()
-        return out
+        return classification_outputs(self.classify(points), batch, self.label_smoothing)
 
     def load_encoder_from_pretrainer(self, state_dict: dict) -> None:
         """Take the ``encoder.*`` weights of a pcmae pre-training state dict; every encoder key must match."""
@@ -69,3 +80,10 @@ class PointClassifier(nn.Module):
         missing, unexpected = self.encoder.load_state_dict(encoder_state, strict=False)
         if missing or unexpected:
             raise ValueError(f"encoder weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def upgrade_legacy_head_hook(module, state_dict, prefix, *args):
+    """load_state_dict pre-hook: old flat ``cls_token``, ``cls_pos``, ``head.<i>.*`` -> ``head.{cls_token,
+    cls_pos, mlp.<i>.*}``; only when the old layout is there (new ``head.*`` keys must stay as they are)."""
+    if is_legacy_head_state(state_dict, prefix):
+        rename_legacy_keys(state_dict, LEGACY_HEAD_KEYS, prefix)

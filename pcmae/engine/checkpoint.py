@@ -103,6 +103,8 @@ def load_model_weights(model: torch.nn.Module, path, expected_type: str | None =
     weights = state.get("model")
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path}: has no 'model' weights (keys: {', '.join(sorted(map(str, state))[:6])})")
+    if hasattr(model, "upgrade_state_dict"):  # keys renamed since the checkpoint was written (the model's pre-hook)
+        weights = model.upgrade_state_dict(weights)
     missing, unexpected, resized = state_dict_differences(model.state_dict(), weights)
     if missing or unexpected or resized:
         parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",

@@ -23,18 +23,18 @@ PRETRAIN_RENAMES = [
     ("MAE_encoder.norm.", "encoder.norm."),
     ("MAE_decoder.blocks.", "decoder.blocks."),
     ("MAE_decoder.norm.", "decoder.norm."),
-    ("decoder_pos_embed.", "decoder_pos_embed."),
-    ("increase_dim.0.", "reconstruction_head."),
-    ("mask_token", "mask_token"),
+    ("decoder_pos_embed.", "decoder.pos_embed."),
+    ("increase_dim.0.", "decoder.head."),
+    ("mask_token", "decoder.mask_token"),
 ]
 CLASSIFIER_RENAMES = [
     ("encoder.", "encoder.patch_embed."),
     ("pos_embed.", "encoder.pos_embed."),
     ("blocks.blocks.", "encoder.blocks."),
     ("norm.", "encoder.norm."),
-    ("cls_head_finetune.", "head."),
-    ("cls_token", "cls_token"),
-    ("cls_pos", "cls_pos"),
+    ("cls_head_finetune.", "head.mlp."),
+    ("cls_token", "head.cls_token"),
+    ("cls_pos", "head.cls_pos"),
 ]
 
 
@@ -65,7 +65,7 @@ def convert_state_dict(state_dict: dict) -> tuple[dict, str]:
         if new is None:
             unknown.append(key)
             continue
-        if new.startswith("reconstruction_head.") and new.endswith("weight"):
+        if new.startswith("decoder.head.") and new.endswith("weight"):
             value = value.squeeze(-1)  # Conv1d(C, 3K, 1) -> Linear(C, 3K)
         out[new] = value
     if unknown:
@@ -75,7 +75,7 @@ def convert_state_dict(state_dict: dict) -> tuple[dict, str]:
 
 def infer_config(state_dict: dict, kind: str) -> dict:
     """Model keyword arguments implied by the converted weights' shapes (num_groups is not stored: 64)."""
-    required = ["encoder.norm.weight"] + (["reconstruction_head.weight"] if kind == "pretrain" else [])
+    required = ["encoder.norm.weight"] + (["decoder.head.weight"] if kind == "pretrain" else [])
     missing = [key for key in required if key not in state_dict]
     if missing:
         raise CheckpointMismatchError(f"Point-MAE {kind} checkpoint is missing keys: {missing}")
@@ -85,10 +85,10 @@ def infer_config(state_dict: dict, kind: str) -> dict:
     if kind == "pretrain":
         dec = {int(m.group(1)) for k in state_dict if (m := re.match(r"decoder\.blocks\.(\d+)\.", k))}
         cfg["decoder_depth"] = len(dec)
-        cfg["group_size"] = state_dict["reconstruction_head.weight"].shape[0] // 3
+        cfg["group_size"] = state_dict["decoder.head.weight"].shape[0] // 3
     else:
-        last = max(int(m.group(1)) for k in state_dict if (m := re.match(r"head\.(\d+)\.weight", k)))
-        cfg["num_classes"] = state_dict[f"head.{last}.weight"].shape[0]
+        last = max(int(m.group(1)) for k in state_dict if (m := re.match(r"head\.mlp\.(\d+)\.weight", k)))
+        cfg["num_classes"] = state_dict[f"head.mlp.{last}.weight"].shape[0]
     return cfg
 
 

@@ -1,7 +1,9 @@
 """Point-MAE (Pang et al., ECCV 2022): mask point patches, encode the visible ones, rebuild the hidden ones.
 
-Read top to bottom: grouping -> masking -> encoder on visible tokens -> light decoder on
-[visible, mask tokens] -> points of each masked patch -> Chamfer-L2 against the true patch.
+The decoder is its own module (pcmae/backbones/point_mae_parts.py, shared with the joint model MATE).
+Read top to bottom: grouping ->
+masking -> encoder on visible tokens -> light decoder on [visible, mask tokens] -> points of each masked patch
+-> Chamfer-L2 against the true patch.
 Defaults are the paper's ShapeNet-55 configuration (64 x 32 patches, width 384, 12 + 4 blocks).
 """
 from __future__ import annotations
@@ -11,16 +13,12 @@ import torch
 from torch import nn
 
 from pcmae.augment import get_augmentation
-from pcmae.backbones.transformer import PointTransformerEncoder, TransformerStack, init_vit_weights, position_mlp
+from pcmae.backbones.point_mae_parts import (LEGACY_DECODER_KEYS, PointMAEDecoder, legacy_keys_hook,
+                                             patch_chamfer_loss, rename_legacy_keys, select_tokens)
+from pcmae.backbones.transformer import PointTransformerEncoder, init_vit_weights
 from pcmae.masking import make_mask
-from pcmae.ops import chamfer_distance
 from pcmae.registry import MODELS
 from pcmae.tokenizers.point_groups import PointGrouper
-
-
-def select_tokens(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """x: (B, T, C), keep: (B, T) bool with the same count per row -> (B, T_keep, C), order kept."""
-    return x[keep].reshape(x.shape[0], -1, x.shape[-1])
 
 
 @MODELS.register
@@ -33,19 +31,18 @@ class PointMAE(nn.Module):
         self.mask_ratio = mask_ratio
         self.mask_type = mask_type
         self.augment = get_augmentation(augment)
-        # --- tokenizer and encoder ---------------------------------------------------------
         self.grouper = PointGrouper(num_groups, group_size)
         self.encoder = PointTransformerEncoder(embed_dim, depth, num_heads, drop_path_rate)
-        # --- decoder -----------------------------------------------------------------------
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.decoder_pos_embed = position_mlp(embed_dim)
-        self.decoder = TransformerStack(embed_dim, decoder_depth, decoder_num_heads, drop_path_rate)
-        self.reconstruction_head = nn.Linear(embed_dim, 3 * group_size)  # one token -> K points
-        self.apply(init_vit_weights)
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.encoder.apply(init_vit_weights)
+        self.decoder = PointMAEDecoder(embed_dim, group_size, decoder_depth, decoder_num_heads, drop_path_rate)
+        self.register_load_state_dict_pre_hook(legacy_keys_hook(LEGACY_DECODER_KEYS))
+
+    def upgrade_state_dict(self, state_dict: dict) -> dict:
+        """A copy of ``state_dict`` with old key names renamed (what ``load_state_dict`` will see)."""
+        return rename_legacy_keys(dict(state_dict), LEGACY_DECODER_KEYS)
 
     def no_weight_decay(self):
-        return {"mask_token"}
+        return {"decoder.mask_token"}
 
     def forward_encoder(self, points: torch.Tensor, mask: torch.Tensor | None = None,
                         generator: torch.Generator | None = None):
@@ -59,19 +56,11 @@ class PointMAE(nn.Module):
 
     def forward_decoder(self, latent: torch.Tensor, centers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """latent (B, V, C) + centers (B, G, 3) -> predicted patches of the masked tokens (B, M, K, 3)."""
-        b, _, c = latent.shape
-        pos_visible = self.decoder_pos_embed(select_tokens(centers, ~mask))
-        pos_masked = self.decoder_pos_embed(select_tokens(centers, mask))
-        num_masked = pos_masked.shape[1]
-        x = torch.cat([latent, self.mask_token.expand(b, num_masked, c)], dim=1)
-        x = self.decoder(x, torch.cat([pos_visible, pos_masked], dim=1))[:, -num_masked:]
-        return self.reconstruction_head(x).reshape(b, num_masked, -1, 3)
+        return self.decoder(latent, centers, mask)
 
     def forward_loss(self, predicted: torch.Tensor, neighborhoods: torch.Tensor, mask: torch.Tensor):
         """Chamfer-L2 between predicted (B, M, K, 3) and true masked patches, averaged over patches."""
-        target = neighborhoods[mask].float()  # (B*M, K, 3)
-        # float32 even under bf16 autocast: squared distances of ~1e-3 lose too much in bf16
-        return chamfer_distance(predicted.reshape(target.shape[0], -1, 3).float(), target, norm=2)
+        return patch_chamfer_loss(predicted, neighborhoods, mask)
 
     def forward(self, batch: dict) -> dict:
         points = batch["points"]
