@@ -269,6 +269,8 @@ def test_object_corruptions_refuse_bad_input(cloud):
         OBJECT_CORRUPTIONS["gaussian"](cloud[:, :2], 1, gen())
     with pytest.raises(ValueError, match="torch.Generator"):
         OBJECT_CORRUPTIONS["gaussian"](cloud, 1, None)
+    with pytest.raises(ValueError, match="at least 16 points"):
+        OBJECT_CORRUPTIONS["density_inc"](cloud[:10], 1, gen())
     with pytest.raises(ValueError, match="did you mean 'gaussian'"):
         corrupt(cloud, "gausian", 1)
     assert torch.equal(corrupt(cloud, "shear", 2, seed=3), OBJECT_CORRUPTIONS["shear"](cloud, 2, gen(3)))

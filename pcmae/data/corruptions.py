@@ -332,6 +332,8 @@ def density_inc(points, severity, generator):
     normalised: (N, 3) -> (N + s * 100 N / 1024, 3)."""
     _check(points, severity, generator, "density_inc")
     size = _scaled(100, len(points))
+    if size < 2:
+        raise ValueError(f"corruption 'density_inc': needs at least 16 points, got {len(points)}")
     patches, _, _ = knn_patches(points, severity, size, generator)
     patch = points[patches]  # (s, k, 3)
     dist = torch.cdist(patch, patch)
