@@ -123,10 +123,12 @@ class StreamAdapter:
         self.optimizer = self._new_optimizer()
 
     def _modes(self, adapting: bool) -> None:
-        """eval everywhere; the encoder's BatchNorm layers use the sample's statistics when bn_stats."""
+        """eval everywhere; the encoder's BatchNorm layers normalise with the sample's statistics when bn_stats,
+        without folding them into their running statistics (the source state stays what reset() restores)."""
         self.model.eval()
         for bn in encoder_batchnorms(self.model):
             bn.train(self.bn_stats)
+            bn.track_running_stats = not self.bn_stats
 
     def _adapt(self, x: torch.Tensor) -> Optional[float]:
         copies = x.unsqueeze(0).expand(self.cfg.copies, -1, -1).contiguous()
