@@ -17,7 +17,12 @@ from pcmae.io.mesh import triangulate_polygons
 def read_off(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(vertices (V, 3) float64, triangles (T, 3) int64) of an OFF file."""
     path = Path(path)
-    lines = [line.split("#", 1)[0].strip() for line in path.read_text(errors="replace").splitlines()]
+    return parse_off(path.read_text(errors="replace"), path)
+
+
+def parse_off(text: str, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``read_off`` on the text of an OFF file (e.g. a member of a zip); ``path`` names it in errors."""
+    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     if not lines or not lines[0].upper().lstrip("CN").startswith("OFF"):
         raise PointCloudFormatError(f"{path}: not an OFF file (first line must start with 'OFF')")
