@@ -441,3 +441,17 @@ def test_missing_rosbags_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "rosbags.highlevel", None)
     with pytest.raises(ImportError, match="pip install rosbags"):
         rosbag._any_reader()
+
+
+@needs_rosbags
+@pytest.mark.parametrize("ros1", [True, False], ids=["ros1", "ros2"])
+def test_bag_topic_as_a_stream_of_clouds(tmp_path, ros1):
+    """data_converters.rosbag.iter_clouds (tools/tta.py --bag): the clouds of one topic in log order, exact."""
+    bag = write_bag(tmp_path / ("drive.bag" if ros1 else "drive"), ros1, cloud_messages(ros1))
+    clouds = list(rosbag.iter_clouds(bag, "/points"))
+    assert [i for i, _ in clouds] == [0, 1, 2]
+    for (_, cloud), (seed, n, *_rest) in zip(clouds, CLOUDS):
+        expected = known_points(seed, n)[:, :3]
+        np.testing.assert_array_equal(cloud, np.delete(expected, 1, axis=0))  # row 1's NaN x is dropped
+    with pytest.raises(rosbag.ConversionError, match="no topic '/lidar'"):
+        list(rosbag.iter_clouds(bag, "/lidar"))
