@@ -81,12 +81,13 @@ def test_source_and_bn_take_no_step_but_bn_uses_the_samples_statistics():
     model = classifier()
     bn = StreamAdapter(model, TTAConfig.from_dict({"method": "bn", "num_points": 64}))
     assert bn.params == [] and bn.optimizer is None
+    assert not any(p.requires_grad for p in model.parameters())
     bn(x)
     assert all(torch.equal(v, source[k]) for k, v in model.state_dict().items() if "running" not in k)
     logits = {}
     for method in ("source", "bn"):
         adapter = StreamAdapter(classifier(), TTAConfig.from_dict({"method": method, "num_points": 64, "seed": 1}))
-        adapter._modes(adapting=False)
+        adapter._modes()
         points = torch.as_tensor(x)[:64].unsqueeze(0)
         logits[method] = adapter.model.classify(points)
     assert not torch.allclose(logits["source"], logits["bn"])

@@ -96,14 +96,17 @@ def prepare_points(points, num_points: int, generator: torch.Generator, device) 
 class StreamAdapter:
     """``adapter(points, label=None) -> record``: adapt on the sample per the protocol, then predict it.
 
-    model: a classifier with ``classify`` and ``encoder`` (PointClassifier, MATE); it is adapted in place and
-    ``reset()`` restores the weights it had when the adapter was made."""
+    model: a classifier with ``classify`` and ``encoder`` (PointClassifier, MATE); it is adapted in place (only the
+    method's parameters keep requires_grad) and ``reset()`` restores the weights it had when the adapter was made."""
 
     def __init__(self, model: nn.Module, cfg: TTAConfig):
         self.model, self.cfg = model, cfg
         self.method = TTA_METHODS.get(cfg.method)()
         self.bn_stats = self.method.bn_stats if cfg.bn_stats is None else bool(cfg.bn_stats)
         self.params = self.method.parameters(model)
+        adapted = {id(p) for p in self.params}
+        for p in model.parameters():  # no gradient work (or piling-up .grad) for what does not adapt
+            p.requires_grad_(id(p) in adapted)
         self.source_state = copy.deepcopy(model.state_dict())
         self.device = next(model.parameters()).device
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -122,7 +125,7 @@ class StreamAdapter:
         self.model.load_state_dict(self.source_state)
         self.optimizer = self._new_optimizer()
 
-    def _modes(self, adapting: bool) -> None:
+    def _modes(self) -> None:
         """eval everywhere; the encoder's BatchNorm layers normalise with the sample's statistics when bn_stats,
         without folding them into their running statistics (the source state stays what reset() restores)."""
         self.model.eval()
@@ -132,7 +135,7 @@ class StreamAdapter:
 
     def _adapt(self, x: torch.Tensor) -> Optional[float]:
         copies = x.unsqueeze(0).expand(self.cfg.copies, -1, -1).contiguous()
-        self._modes(adapting=True)
+        self._modes()
         loss_value = None
         for _ in range(self.cfg.steps):
             loss = self.method.loss(self.model, copies, self.device_generator)
@@ -170,7 +173,7 @@ class StreamAdapter:
         loss = self._adapt(x) if adapts else None
         reset = self._watch_drift(loss) if protocol != "standard" else False
         adapted = time.perf_counter()
-        self._modes(adapting=False)
+        self._modes()
         with torch.no_grad():
             logits = self.model.classify(x.unsqueeze(0))[0]
         pred = int(logits.argmax())
