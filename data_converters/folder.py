@@ -233,10 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tasks, columns = build_tasks(args.root, args.layout, args.columns, args.poses, scene, origin)
         options = settings(args.layout, args.columns, args.poses, scene, origin, estimate)
         if estimate is not None:
-            tasks = tasks[: max(args.limit, 0)] if args.limit is not None else tasks
-            odometry.check_earlier_run(args.out, "folder", tasks, columns, options, args.overwrite)
-            tasks = odometry.poses_for_tasks(tasks, odometry_frame, estimate, args.out, "folder", args.on_error,
-                                             args.overwrite)
+            tasks = odometry.estimate_for_run(args, "folder", tasks, columns, options, odometry_frame, estimate)
     except (ConversionError, ImportError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

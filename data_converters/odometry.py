@@ -12,7 +12,7 @@ KISS-ICP runs single-threaded: its threaded reduction adds in a varying order, a
 the same poses bit for bit. KISS-ICP is causal (frame k's pose depends on frames 0..k only), so the poses of a
 prefix (``--limit``) equal those of the full run.
 
-Converters (folder, rosbag, ouster) call ``poses_for_tasks`` from their ``main`` with ``--estimate-poses``: it
+Converters (folder, rosbag, ouster) call ``estimate_for_run`` from their ``main`` with ``--estimate-poses``: it
 reads every frame once, in order, per scene, and keeps the poses in ``OUT/<dataset>_odometry.json`` (written
 atomically) together with the odometry settings and a fingerprint per frame (source path, size, mtime); a re-run
 with the same frames and settings reads the file instead of running odometry again, and a re-run whose odometry
@@ -129,6 +129,17 @@ def check_earlier_run(out_dir: Path, dataset: str, tasks: Sequence, columns: Seq
     """run_conversion's settings check, done before odometry so that a refused re-run costs no odometry time."""
     if any((Path(out_dir) / "frames" / f"{task.key}.pkl").exists() for task in tasks):
         check_settings(Path(out_dir), dataset, {"point_columns": list(columns), **_jsonable(settings)}, overwrite)
+
+
+def estimate_for_run(args, dataset: str, tasks: Sequence, columns: Sequence[str], settings: dict,
+                     read_frame: Callable[[object], Frame], config: "OdometryConfig") -> list:
+    """A converter's ``--estimate-poses`` step: the tasks this run converts (``--limit``, as run_from_args applies
+    it), a refused re-run found before any odometry time is spent (``check_earlier_run``), then
+    ``poses_for_tasks``."""
+    if args.limit is not None:
+        tasks = list(tasks)[: max(args.limit, 0)]
+    check_earlier_run(args.out, dataset, tasks, columns, settings, args.overwrite)
+    return poses_for_tasks(tasks, read_frame, config, args.out, dataset, args.on_error, args.overwrite)
 
 
 def poses_for_tasks(tasks: Sequence, read_frame: Callable[[object], Frame], config: OdometryConfig,

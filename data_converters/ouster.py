@@ -229,16 +229,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         estimate = odometry.config_from_args(args)
         files = list_recordings(args.root)
         tasks = build_tasks(files, args.meta, args.sensor, args.columns, args.poses)
-        if args.limit is not None:
-            tasks = tasks[: max(args.limit, 0)]
         digest = hashlib.sha256(args.poses.read_bytes()).hexdigest() if args.poses else None
         settings = {"columns": list(args.columns), "sensor": args.sensor, "meta": str(args.meta or ""),
                     "poses": str(args.poses or ""), "poses_sha256": digest,
                     "odometry": odometry.settings_entry(estimate)}
         if estimate is not None:
-            odometry.check_earlier_run(args.out, DATASET, tasks, columns, settings, args.overwrite)
-            tasks = odometry.poses_for_tasks(tasks, odometry_frame, estimate, args.out, DATASET, args.on_error,
-                                             args.overwrite)
+            tasks = odometry.estimate_for_run(args, DATASET, tasks, columns, settings, odometry_frame, estimate)
     except (ConversionError, ImportError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

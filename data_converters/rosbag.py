@@ -264,10 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         settings = {"odometry": odometry.settings_entry(estimate)}
         tasks, meta = bag_tasks(args.root, args.topic, columns, args.odom_topic, args.odom_max_gap)
         if estimate is not None:
-            tasks = tasks[: max(args.limit, 0)] if args.limit is not None else tasks
-            odometry.check_earlier_run(args.out, "rosbag", tasks, columns, settings, args.overwrite)
-            tasks = odometry.poses_for_tasks(tasks, odometry_frame, estimate, args.out, "rosbag", args.on_error,
-                                             args.overwrite)
+            tasks = odometry.estimate_for_run(args, "rosbag", tasks, columns, settings, odometry_frame, estimate)
     except (ConversionError, ImportError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
