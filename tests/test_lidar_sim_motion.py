@@ -8,6 +8,7 @@ from scipy.spatial import cKDTree
 
 from pcmae.data.lidar_sim import (LANE_Y, SIDEWALK_WIDTH, WALK_SPEED, beam_pattern, boxes_in_sensor_frame,
                                   make_scene, sensor_pose, simulate_sequence, simulate_sweep)
+from tests.test_lidar_sim import box_local
 
 COARSE = dict(azimuth_resolution_deg=1.0)
 
@@ -33,12 +34,6 @@ def shift_along(source, target, direction, span=2.0, step=0.02):
     tree, shifts = cKDTree(target), np.arange(-span, span + step / 2, step)
     cost = [np.minimum(tree.query(source + s * direction)[0], 0.5).mean() for s in shifts]
     return shifts[int(np.argmin(cost))]
-
-
-def box_local(xyz, box7):
-    c, s = np.cos(box7[6]), np.sin(box7[6])
-    d = xyz - box7[:3]
-    return np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], d[:, 2]], 1)
 
 
 @pytest.fixture(scope="module")
