@@ -75,6 +75,15 @@ def collate_sweeps(items: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     return batch
 
 
+def augment_rng(augment_seed: Optional[int], index: int) -> np.random.Generator:
+    """The random generator of item ``index``'s augmentations. augment_seed None: a fresh draw from torch's global
+    RNG (the engine seeds it; DataLoader workers get their own seed), so augmentations differ per epoch yet
+    reproduce. An int fixes them per index."""
+    if augment_seed is None:
+        return np.random.default_rng(int(torch.randint(0, 2 ** 62, ())))
+    return np.random.default_rng([int(augment_seed), int(index)])
+
+
 class _SweepDataset(Dataset):
     """Shared tail of both datasets: range crop, transforms with their random generator, collate."""
 
@@ -106,11 +115,7 @@ class _SweepDataset(Dataset):
         return item
 
     def _rng(self, index: int) -> np.random.Generator:
-        """augment_seed None: a fresh draw from torch's global RNG (the engine seeds it; DataLoader workers get
-        their own seed), so augmentations differ per epoch yet reproduce. An int fixes them per index."""
-        if self.augment_seed is None:
-            return np.random.default_rng(int(torch.randint(0, 2 ** 62, ())))
-        return np.random.default_rng([int(self.augment_seed), int(index)])
+        return augment_rng(self.augment_seed, index)
 
 
 # ----------------------------------------------------------------------------------------------- real sweeps
@@ -145,7 +150,7 @@ class LidarSweeps(_SweepDataset):
       empty raises EmptySweepError unless ``allow_empty=True`` (then it yields (0, C) points; PointBatch packs
       it as a sample with no points).
     transforms: list of ``{type: ...}`` configs (see ``pcmae.data.lidar_transforms``) or a Compose;
-      ``augment_seed`` (None or int) fixes their random draws, see ``_SweepDataset._rng``.
+      ``augment_seed`` (None or int) fixes their random draws, see ``augment_rng``.
     Missing key files raise FileNotFoundError at construction, naming the info entry; missing sweep files raise
     when the item is read.
     """

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pcmae.data.lidar_datasets import EmptySweepError, collate_sweeps
+from pcmae.data.lidar_datasets import EmptySweepError, augment_rng, collate_sweeps
 from pcmae.data.lidar_transforms import build_transforms, check_range, crop_item
 from pcmae.registry import DATASETS, ConfigError
 from pcmae.structures import PointBatch
@@ -147,11 +147,6 @@ class LidarSequence(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def _rng(self, index: int) -> np.random.Generator:
-        if self.augment_seed is None:
-            return np.random.default_rng(int(torch.randint(0, 2 ** 62, ())))
-        return np.random.default_rng([int(self.augment_seed), int(index)])
-
     def past_index(self, index: int, rng: np.random.Generator) -> int:
         """The frame paired with item ``index``: one of its candidates (drawn with ``rng``), else itself."""
         current, candidates = self.pairs[index]
@@ -160,7 +155,7 @@ class LidarSequence(Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self.pairs):
             raise IndexError(f"LidarSequence: index {index} out of range [0, {len(self.pairs)})")
-        rng = self._rng(index)
+        rng = augment_rng(self.augment_seed, index)
         current_index = self.pairs[index][0]
         past_index = self.past_index(index, rng)
         item = dict(self.frames[current_index])

@@ -35,7 +35,7 @@ RANGE_BINS = (0.0, 10.0, 20.0, 30.0, 40.0, math.inf)  # metres, horizontal dista
 PRIOR_RING_M = 2.0
 PREDICTORS = ("model", "neighbour", "range_prior", "all_occupied", "none_occupied")
 __all__ = ["RANGE_BINS", "PREDICTORS", "evaluate_dataset", "evaluate_sweep", "fit_range_prior",
-           "neighbour_baseline", "precision_recall_f1"]
+           "neighbour_baseline", "precision_recall_f1", "sweep_batches"]
 
 
 def neighbour_baseline(query: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
@@ -43,7 +43,7 @@ def neighbour_baseline(query: torch.Tensor, visible: torch.Tensor) -> torch.Tens
     return neighbour_fraction(query, visible) > 0
 
 
-def _sweeps(dataset, point_cloud_range, device):
+def sweep_batches(dataset, point_cloud_range, device):
     """Each item of ``dataset`` cropped to the range (its past frame too, for sequences): (collated batch on
     ``device``, share of its points kept)."""
     for index in range(len(dataset)):
@@ -87,7 +87,7 @@ def fit_range_prior(model, dataset, point_cloud_range, seeds=(0,), ring_m: float
     ``dataset`` (the training sweeps, without augmentation), rings of ``ring_m`` metres up to the range's corner."""
     model.eval()
     distances, labels = [], []
-    for batch, _ in _sweeps(dataset, point_cloud_range, model_device(model)):
+    for batch, _ in sweep_batches(dataset, point_cloud_range, model_device(model)):
         for seed in seeds:
             out = _queries(model, batch, seed)
             distances.append(ring_distance(out["query_centers"]).cpu())
@@ -155,7 +155,7 @@ def evaluate_dataset(model, dataset, point_cloud_range, prior: RangePrior, seeds
     if clash:
         raise ValueError(f"compared model names {clash} clash with the built-in predictors")
     pooled, chamfer, inside = {}, {}, []
-    for batch, share in _sweeps(dataset, point_cloud_range, model_device(model)):
+    for batch, share in sweep_batches(dataset, point_cloud_range, model_device(model)):
         inside.append(share)
         for seed in seeds:
             r = evaluate_sweep(model, batch, seed, compare)

@@ -14,7 +14,7 @@ import torch
 
 from pcmae.engine.device import model_device
 from pcmae.evaluation.metrics import score_metrics
-from pcmae.evaluation.occupancy import _sweeps, evaluate_sweep
+from pcmae.evaluation.occupancy import evaluate_sweep, sweep_batches
 
 
 def lidar_stream(model, dataset, point_cloud_range, steps: int = 1, lr: float = 1e-4, seeds=(0, 1, 2),
@@ -25,7 +25,7 @@ def lidar_stream(model, dataset, point_cloud_range, steps: int = 1, lr: float = 
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr) if adapt else None
     pooled: dict[str, list] = {"labels": [], "prob": [], "neighbour": []}
     per_sweep = []
-    for index, (batch, _) in enumerate(_sweeps(dataset, point_cloud_range, model_device(model))):
+    for index, (batch, _) in enumerate(sweep_batches(dataset, point_cloud_range, model_device(model))):
         start = time.perf_counter()
         mine = {key: [] for key in pooled}
         for seed in seeds:
