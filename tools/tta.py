@@ -29,6 +29,7 @@ from pathlib import Path
 from pcmae.engine.build import build_dataset, build_model, command_line, default_work_dir, load_checked_config
 from pcmae.engine.checkpoint import load_model_weights
 from pcmae.io.atomic import atomic_write
+from pcmae.registry import MODELS
 from pcmae.tta import StreamAdapter, TTAConfig, dataset_source, files_source, folder_source, run_stream
 
 TABLE_RUNS = {"source-only": {"method": "source"}, "BN-adapt": {"method": "bn"}, "TENT": {"method": "tent",
@@ -125,7 +126,7 @@ def main(argv=None):
     cfg = load_checked_config(args.config, args.overrides)
     out_dir = Path(args.work_dir or default_work_dir(args.config, cfg)) / "tta"
     base = dict(cfg.get("tta") or {})
-    if hasattr(build_model(copy.deepcopy(cfg["model"])), "predict_occupancy"):
+    if hasattr(MODELS.get(cfg["model"]["type"]), "predict_occupancy"):  # a LiDAR masked autoencoder
         return lidar_main(args, cfg, base, out_dir)
     if not args.table:
         tta_cfg = TTAConfig.from_dict(base)
@@ -167,7 +168,8 @@ def lidar_main(args, cfg: dict, base: dict, out_dir: Path) -> dict:
     if args.lidar_corruption:
         dataset = CorruptedSweeps(dataset, args.lidar_corruption, args.severity, args.seed, args.ring_column)
     tta_cfg = TTAConfig.from_dict(base)
-    result = source_and_adapted(model, dataset, model.point_cloud_range, steps=tta_cfg.steps, lr=tta_cfg.lr)
+    result = source_and_adapted(model, dataset, model.point_cloud_range, steps=tta_cfg.steps, lr=tta_cfg.lr,
+                                seed=tta_cfg.seed)
     print(f"{len(dataset)} sweeps in stream order, 3 masks each, {result['source']['num_queries']} query voxels "
           f"(occupied rate {result['source']['occupied_rate']:.3f}); F1 / AUROC / AP")
     rows = {"source model": result["source"]["pooled"]["model"], "adapted along the stream":

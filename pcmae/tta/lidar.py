@@ -18,10 +18,12 @@ from pcmae.evaluation.occupancy import evaluate_sweep, sweep_batches
 
 
 def lidar_stream(model, dataset, point_cloud_range, steps: int = 1, lr: float = 1e-4, seeds=(0, 1, 2),
-                 adapt: bool = True) -> dict:
+                 adapt: bool = True, seed: int = 0) -> dict:
     """Score every sweep of ``dataset`` in order (pooled over the stream), adapting after each when ``adapt``.
     Returns {"per_sweep": [{index, loss, f1, auroc, ..., adapt_ms, score_ms}], "pooled": {predictor: metrics}}; ``model`` is adapted
-    in place (pass a copy to keep the source)."""
+    in place (pass a copy to keep the source). ``seed`` seeds torch's global RNG, from which the model's training
+    forward draws its masks: the same stream adapts the same way in every run."""
+    torch.manual_seed(seed)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr) if adapt else None
     pooled: dict[str, list] = {"labels": [], "prob": [], "neighbour": []}
     per_sweep = []
