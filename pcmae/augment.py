@@ -14,7 +14,18 @@ def scale_and_translate(xyz: torch.Tensor, scale_low: float = 2.0 / 3.0, scale_h
     return xyz * scale + shift
 
 
-AUGMENTATIONS = {"none": None, "scale_translate": scale_and_translate}
+
+def scale_and_shift(xyz: torch.Tensor, scale_low: float = 0.8, scale_high: float = 1.25, shift: float = 0.1,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample isotropic scale in [low, high] and shift in [-s, s] per axis (Point-MAE's part segmentation
+    training); xyz: (B, N, 3)."""
+    b = xyz.shape[0]
+    opts = dict(device=xyz.device, dtype=xyz.dtype, generator=generator)
+    scale = torch.rand(b, 1, 1, **opts) * (scale_high - scale_low) + scale_low
+    return xyz * scale + (torch.rand(b, 1, 3, **opts) * 2 - 1) * shift
+
+
+AUGMENTATIONS = {"none": None, "scale_translate": scale_and_translate, "scale_shift": scale_and_shift}
 
 
 def get_augmentation(name: str):

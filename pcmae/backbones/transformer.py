@@ -136,6 +136,16 @@ class TransformerStack(nn.Module):
             x = block(x + pos)
         return self.norm(x)
 
+    def block_outputs(self, x: torch.Tensor, pos: torch.Tensor, indices) -> list:
+        """x, pos: (B, T, C) -> [norm(output of block i) for i in indices], each (B, T, C); the blocks after
+        the last index are not run (Point-MAE's part segmentation reads blocks 3, 7 and 11)."""
+        outputs = {}
+        for i, block in enumerate(self.blocks[:max(indices) + 1]):
+            x = block(x + pos)
+            if i in indices:
+                outputs[i] = self.norm(x)
+        return [outputs[i] for i in indices]
+
 
 def position_mlp(dim: int) -> nn.Sequential:
     """Center xyz (…, 3) -> position embedding (…, dim)."""

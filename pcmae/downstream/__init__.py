@@ -1,3 +1,4 @@
+from pcmae.downstream.part_segmentation import PointPartSegmenter
 from pcmae.downstream.point_classifier import PointClassifier
 
-__all__ = ["PointClassifier"]
+__all__ = ["PointClassifier", "PointPartSegmenter"]
