@@ -29,18 +29,26 @@ from pcmae.engine.rng import seed_everything
 from pcmae.engine.trainer import BEST_CHECKPOINT, Trainer
 from pcmae.evaluation import segmentation
 from pcmae.evaluation.classification import PROTOCOLS, evaluate_accuracy
-from pcmae.integrations.point_mae_checkpoint import convert_point_mae_file
+from pcmae.integrations.point_mae_checkpoint import NotPointMAEError, convert_point_mae_file
 from pcmae.registry import ConfigError
 
 
-def pretrained_state(path) -> dict:
-    """pcmae state dict from a pcmae checkpoint, or from a Point-MAE release converted on the fly (weights-only)."""
+def pretrained_state(path, model_cfg: dict) -> dict:
+    """pcmae state dict from a pcmae checkpoint, or from a Point-MAE release converted on the fly (weights-only).
+
+    A Point-MAE file does not store its number of groups: it is converted with the fine-tuning config's
+    ``model_cfg`` (num_groups, group_size, num_heads), and what its shapes reveal (width, depth, the group size of
+    a pre-training file) must agree with that config: one CheckpointMismatchError line naming both values if not."""
     try:
         return load_checkpoint(path)["model"]
     except CheckpointError as err:
-        if "Point-MAE" not in str(err):
-            raise
-    return convert_point_mae_file(path)[1]  # one clear line if it is not a Point-MAE file either
+        pcmae_error = err
+    encoder_cfg = {k: model_cfg[k] for k in ("num_groups", "group_size", "num_heads", "embed_dim", "depth")
+                   if k in model_cfg}
+    try:
+        return convert_point_mae_file(path, config=encoder_cfg)[1]
+    except NotPointMAEError:
+        raise pcmae_error from None  # neither format: the pcmae reader's line says why
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ def main(argv=None):
     if args.load_from:
         load_model_weights(model, args.load_from, cfg["model"]["type"])
     elif args.pretrained and not args.resume:
-        model.load_encoder_from_pretrainer(pretrained_state(args.pretrained))
+        model.load_encoder_from_pretrainer(pretrained_state(args.pretrained, cfg["model"]), source=args.pretrained)
     train_set = build_dataset(cfg["data"]["train"])
     val_set = build_dataset(cfg["data"]["val"], where="data.val") if "val" in cfg["data"] else None
     trainer = Trainer(model, train_set, TrainConfig.from_dict(cfg["train"]), work_dir, val_dataset=val_set,

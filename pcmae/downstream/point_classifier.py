@@ -6,6 +6,8 @@ module (``ClassificationHead`` in pcmae/backbones/point_mae_parts.py), so the jo
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,9 @@ def classification_outputs(logits: torch.Tensor, batch: dict, label_smoothing: f
 
 # pcmae checkpoints written before the head was its own module
 LEGACY_HEAD_KEYS = {"cls_token": "head.cls_token", "cls_pos": "head.cls_pos", "head.": "head.mlp."}
+
+
+_PARAM_NAMES = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
 
 
 def is_legacy_head_state(state_dict: dict, prefix: str = "") -> bool:
@@ -72,14 +77,32 @@ class PointClassifier(nn.Module):
             points = self.augment(points)
         return classification_outputs(self.classify(points), batch, self.label_smoothing)
 
-    def load_encoder_from_pretrainer(self, state_dict: dict) -> None:
-        """Take the ``encoder.*`` weights of a pcmae pre-training state dict; every encoder key must match."""
+    def load_encoder_from_pretrainer(self, state_dict: dict, source: str = "the state dict") -> list:
+        """Take the ``encoder.*`` weights of a pcmae state dict (pre-training, or a classifier used as pre-trained
+        weights); every encoder key must match. The other keys are dropped, and ONE line on stderr names them
+        (e.g. ``head.cls_token, head.cls_pos, head.mlp.* (16)`` of a classifier, ``decoder.*`` of a pre-training
+        model). Returns the dropped keys."""
         encoder_state = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
         if not encoder_state:
-            raise ValueError("the state dict holds no 'encoder.*' weights: not a pcmae pre-training checkpoint")
+            raise ValueError(f"{source} holds no 'encoder.*' weights: not a pcmae pre-training checkpoint")
         missing, unexpected = self.encoder.load_state_dict(encoder_state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"encoder weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(f"{source}: encoder weights do not fit: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        dropped = [k for k in state_dict if not k.startswith("encoder.")]
+        if dropped:
+            groups: dict[str, int] = {}
+            for key in dropped:  # "head.mlp.0.weight" -> "head.mlp.*"; "head.cls_token" stays as it is
+                parts = key.split(".")
+                cut = next((i for i, p in enumerate(parts) if p.isdigit()), len(parts))
+                name = ".".join(parts[:cut]) + (".*" if cut < len(parts) else "")
+                if cut == len(parts) and len(parts) > 1 and parts[-1] in _PARAM_NAMES:
+                    name = ".".join(parts[:-1]) + ".*"
+                groups[name] = groups.get(name, 0) + 1
+            names = ", ".join(n + (f" ({c})" if c > 1 else "") for n, c in groups.items())
+            print(f"{source}: took {len(encoder_state)} encoder tensors; dropped {len(dropped)} that the encoder "
+                  f"does not use: {names}", file=sys.stderr, flush=True)
+        return dropped
 
 
 def upgrade_legacy_head_hook(module, state_dict, prefix, *args):
