@@ -26,9 +26,13 @@ class PointMAE(nn.Module):
     def __init__(self, num_groups: int = 64, group_size: int = 32, embed_dim: int = 384, depth: int = 12,
                  num_heads: int = 6, drop_path_rate: float = 0.1, decoder_depth: int = 4,
                  decoder_num_heads: int = 6, mask_ratio: float = 0.6, mask_type: str = "rand",
-                 augment: str = "scale_translate"):
+                 augment: str = "scale_translate", embed_visible_only: bool = True):
         super().__init__()
         self.mask_ratio = mask_ratio
+        # True: the mini-PointNet embeds only the visible patches (MiniPointNet.forward_visible; BatchNorm still
+        # normalises with the statistics of all patches); False: all patches, then the visible ones are kept,
+        # Point-MAE's order of operations. Equal up to float32 rounding; True does ~45 % of the embedding work.
+        self.embed_visible_only = embed_visible_only
         self.mask_type = mask_type
         self.augment = get_augmentation(augment)
         self.grouper = PointGrouper(num_groups, group_size)
@@ -50,8 +54,12 @@ class PointMAE(nn.Module):
         groups = self.grouper(points)
         if mask is None:
             mask = make_mask(self.mask_type, groups.centers, self.mask_ratio, generator)
-        tokens, pos = self.encoder.embed(groups.neighborhoods, groups.centers)  # (B, G, C) each
-        latent = self.encoder(select_tokens(tokens, ~mask), select_tokens(pos, ~mask))
+        keep = ~mask
+        if self.embed_visible_only:  # the same tokens, without embedding the hidden patches
+            tokens = self.encoder.patch_embed.forward_visible(groups.neighborhoods, keep)  # (B, V, C)
+        else:
+            tokens = select_tokens(self.encoder.patch_embed(groups.neighborhoods), keep)
+        latent = self.encoder(tokens, self.encoder.pos_embed(select_tokens(groups.centers, keep)))
         return latent, mask, groups
 
     def forward_decoder(self, latent: torch.Tensor, centers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
