@@ -1,4 +1,5 @@
-"""Farthest point sampling (FPS), exact, with the semantics of pointnet2_ops' ``furthest_point_sample``.
+"""Farthest point sampling (FPS), exact; ``mode="pointnet2_ops"`` adds the quirks of pointnet2_ops'
+``furthest_point_sample`` (near-origin points skipped, its tie order; see below).
 
 The first pick is index 0; each next pick is the point whose minimum squared distance to the points already
 picked is largest; on an exact tie the lowest index wins (``torch.argmax``). Distances are computed in
@@ -26,11 +27,38 @@ Backends (``backend=``):
 * ``"auto"`` (default), on CPU: ``"fpsample"`` for float32 batches of at most ``AUTO_FPSAMPLE_MAX_POINTS``
   points in all (B * N), ``"pruned"`` for clouds of at least ``AUTO_PRUNED_MIN_POINTS`` points, ``"torch"``
   otherwise (big batches of small clouds: the loop runs over samples, vectorised over the batch); CUDA:
-  ``"torch"``.
+  ``"torch"``. With ``mode="pointnet2_ops"`` float64 counts as float32 and clouds more than 1e5 across go to
+  ``"torch"`` (fpsample cannot cap distances at 1e10).
 
 Bit-for-bit agreement of the fpsample backends with the reference needs the same float32 operations: an
 fpsample build that fuses ``d*d + acc`` into FMA instructions could pick differently on near-ties (the
-tests compare them). pointnet2_ops' CUDA kernel also skips points with ``x*x + y*y + z*z <= 1e-3``; that quirk is not copied.
+tests compare them).
+
+``mode="pointnet2_ops"`` (every backend; the default ``mode="exact"`` is the behaviour above) reproduces what
+the real ``pointnet2_ops.furthest_point_sample`` (the one Point-MAE's README installs) does beyond plain FPS.
+Read in erikwijmans/Pointnet2_PyTorch at commit b5ceb6d9, ``pointnet2_ops_lib/pointnet2_ops/_ext-src/``:
+
+* ``src/sampling_gpu.cu`` lines 100-101 (``furthest_point_sampling_kernel``): ``mag = x*x + y*y + z*z;
+  if (mag <= 1e-3) continue;``: a point within sqrt(1e-3) = 0.0316 of the ORIGIN is never picked (except index
+  0, always the first pick, lines 85-86) and never has its distance updated. If every other point is skipped,
+  the kernel picks index 0 again (``besti = 0``, line 90).
+* lines 106-109, 59-65 and 115-168: each of T threads keeps the first maximum of the points k = tid (mod T)
+  it visits (strict ``>``), then a tree reduction keeps the lower thread on equal values
+  (``v2 > v1 ? i2 : i1``), halving T down to 1: on an exact tie the winner is NOT the lowest index but the point
+  with the smallest (bit-reversed tid over log2(T) bits, k // T); T = ``opt_n_threads(n)`` =
+  min(2^floor(log2 n), 512) (``include/cuda_utils.h`` lines 15-19), 512 for every n >= 512.
+* ``src/sampling.cpp`` lines 74-76: the running distances start at 1e10, not infinity (``min(d, 1e10)``:
+  distances over 1e10, i.e. points 1e5 apart, tie). Line 68 (``CHECK_IS_FLOAT``): float32 only, so this mode
+  computes in float32 whatever the input dtype.
+
+Where it matters: clouds normalised to the unit sphere around their centroid (ModelNet40, ShapeNet55,
+ScanObjectNN in Point-MAE) with surface points within 0.0316 of the centroid, and clouds with exact distance
+ties (duplicated points, lattices, more samples than distinct points). On the real samples at hand neither
+happens and both modes pick the same points: ModelNet40 bathtub_0154 (1024 and 8192 surface points, 64 / 128 /
+512 picks), the PCN airplane (796 points) and a KITTI sweep (115k points, 1024 / 4096 picks). nvcc contracts
+``a*b + c`` into FMA by default (``--fmad=true``), so the CUDA kernel may round a distance differently from this
+float32 transcription: two points whose distances differ in the last bit could swap. This mode matches a plain
+transcription of the kernel (tests/test_fps_upstream.py) exactly.
 """
 from __future__ import annotations
 
@@ -47,6 +75,12 @@ except ImportError:  # optional: CPU speed only
     fpsample = None
 
 BACKENDS = ("auto", "torch", "fpsample", "pruned", "bucket")
+MODES = ("exact", "pointnet2_ops")
+# pointnet2_ops' furthest_point_sample (see the module docstring): near-origin points are skipped, distances
+# start at 1e10, at most 512 threads per cloud
+PN2_MIN_MAGNITUDE = 1e-3  # compared in double, as the kernel's ``mag <= 1e-3`` (float mag, double literal)
+PN2_START_DISTANCE = 1e10
+PN2_MAX_THREADS = 512
 # fpsample (one cloud at a time, one core, ~3.4 ns per point and sample) beats the batched torch loop (~60 us
 # per sample plus ~2 ns per point of the batch on 2 cores) when the batch has fewer points than about this
 AUTO_FPSAMPLE_MAX_POINTS = 1 << 16
@@ -69,17 +103,57 @@ def _distance_dtype(xyz: torch.Tensor) -> torch.dtype:
     return torch.float64 if xyz.dtype == torch.float64 else torch.float32
 
 
-def farthest_point_sample_reference(xyz: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """xyz: (B, N, 3) -> (B, num_samples) int64 indices; pure torch, any device."""
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def pointnet2_ops_threads(n: int) -> int:
+    """Threads per cloud of pointnet2_ops' FPS kernel: ``opt_n_threads(n)`` (cuda_utils.h), same double math."""
+    return max(min(1 << int(math.log(n) / math.log(2.0)), PN2_MAX_THREADS), 1)
+
+
+def pointnet2_ops_order(n: int) -> np.ndarray:
+    """(n,) int64 permutation: the points in the order in which pointnet2_ops' kernel prefers them on an exact
+    tie (smallest (bit-reversed thread, k // threads) first, thread = k mod threads); starts with index 0."""
+    threads = pointnet2_ops_threads(n)
+    bits = threads.bit_length() - 1
+    k = np.arange(n, dtype=np.int64)
+    tid = k % threads
+    reversed_tid = np.zeros(n, dtype=np.int64)
+    for bit in range(bits):
+        reversed_tid |= ((tid >> bit) & 1) << (bits - 1 - bit)
+    return np.lexsort((k // threads, reversed_tid))
+
+
+def pointnet2_ops_skipped(xyz: torch.Tensor) -> torch.Tensor:
+    """(..., N, 3) float32 -> (..., N) bool: the points pointnet2_ops never picks (float32 ``x*x + y*y + z*z``,
+    compared in double with 1e-3, as sampling_gpu.cu line 100-101)."""
+    x, y, z = xyz.unbind(-1)
+    magnitude = x * x + y * y
+    magnitude += z * z
+    return magnitude.double() <= PN2_MIN_MAGNITUDE
+
+
+def farthest_point_sample_reference(xyz: torch.Tensor, num_samples: int, *, mode: str = "exact") -> torch.Tensor:
+    """xyz: (B, N, 3) -> (B, num_samples) int64 indices; pure torch, any device. ``mode``: see the module."""
     check_points("xyz", xyz)
     _check_num_samples(xyz, num_samples)
-    points = xyz.detach().to(_distance_dtype(xyz))
+    _check_mode(mode)
+    upstream = mode == "pointnet2_ops"
+    points = xyz.detach().to(torch.float32 if upstream else _distance_dtype(xyz))
     batch, n, _ = points.shape
     out = torch.zeros(batch, num_samples, dtype=torch.long, device=points.device)
     if num_samples == 0 or batch == 0:
         return out
+    start = PN2_START_DISTANCE if upstream else math.inf
+    if upstream:  # the loop's lowest-position rule on the kernel's tie order = the kernel's tie rule
+        order = torch.from_numpy(pointnet2_ops_order(n)).to(points.device)
+        points = points[:, order]
     x, y, z = (c.contiguous() for c in points.unbind(-1))  # (B, N) each
-    min_dist = torch.full((batch, n), math.inf, dtype=points.dtype, device=points.device)
+    min_dist = torch.full((batch, n), start, dtype=points.dtype, device=points.device)
+    if upstream:
+        min_dist[pointnet2_ops_skipped(points)] = -math.inf  # never picked, never updated
     rows = torch.arange(batch, device=points.device)
     farthest = torch.zeros(batch, dtype=torch.long, device=points.device)
     for i in range(num_samples):
@@ -91,8 +165,8 @@ def farthest_point_sample_reference(xyz: torch.Tensor, num_samples: int) -> torc
         dist = dx * dx + dy * dy
         dist += dz * dz
         torch.minimum(min_dist, dist, out=min_dist)
-        farthest = torch.argmax(min_dist, dim=1)
-    return out
+        farthest = torch.argmax(min_dist, dim=1)  # all -inf (every point skipped): 0, as the kernel
+    return order[out] if upstream else out
 
 
 def _fpsample_exact(cloud: np.ndarray, num_samples: int) -> np.ndarray:
@@ -178,14 +252,15 @@ def _spatial_order(cloud: np.ndarray) -> np.ndarray:
     return np.argsort(code, kind="stable")
 
 
-def _pruned_fps(cloud: np.ndarray, num_samples: int, bucket_size: int = PRUNED_BUCKET_SIZE) -> np.ndarray:
+def _pruned_fps(cloud: np.ndarray, num_samples: int, bucket_size: int = PRUNED_BUCKET_SIZE,
+                start: float = np.inf) -> np.ndarray:
     """cloud: (N, 3) float32 or float64 -> (num_samples,) int64: the reference's picks, started at index 0.
 
     Points are grouped into buckets of ``bucket_size`` consecutive points along a Morton curve, each bucket
     in ascending index order, stored as (K, 3, S) with the bucket boxes. Per sample: the squared distance
     from the new pick to each box (a lower bound for its points); only buckets where that bound is below
     the bucket's largest current distance get their distances updated; then the next pick is the largest
-    bucket maximum (the lowest index among equal ones).
+    bucket maximum (the lowest index among equal ones). ``start``: the distances before the first pick.
     """
     n = cloud.shape[0]
     out = np.zeros(num_samples, dtype=np.int64)
@@ -197,7 +272,7 @@ def _pruned_fps(cloud: np.ndarray, num_samples: int, bucket_size: int = PRUNED_B
     pad = k * bucket_size - n
     ids = np.concatenate([order, np.full(pad, order[-1])]).reshape(k, bucket_size)  # (K, S) point index
     buckets = np.ascontiguousarray(cloud[ids].transpose(0, 2, 1))  # (K, 3, S)
-    dist = np.full((k, bucket_size), np.inf, dtype=cloud.dtype)  # min distance to the picks so far
+    dist = np.full((k, bucket_size), start, dtype=cloud.dtype)  # min distance to the picks so far
     if pad:
         dist[-1, bucket_size - pad:] = -np.inf  # padding repeats a point; it can never be picked
     low, high = buckets.min(axis=2).astype(np.float64), buckets.max(axis=2).astype(np.float64)  # (K, 3)
@@ -235,21 +310,56 @@ def _pruned_fps(cloud: np.ndarray, num_samples: int, bucket_size: int = PRUNED_B
     return out
 
 
-def _fps_numpy(xyz: torch.Tensor, num_samples: int, sample_one) -> torch.Tensor:
-    dtype = torch.float64 if (xyz.dtype == torch.float64 and sample_one is _pruned_fps) else torch.float32
-    clouds = xyz.detach().to(dtype).contiguous().numpy()
-    picks = [sample_one(np.ascontiguousarray(cloud), num_samples) for cloud in clouds]
+def _sample_pointnet2_ops(cloud: np.ndarray, num_samples: int, sample_one) -> np.ndarray:
+    """cloud: (N, 3) float32 -> pointnet2_ops' picks via ``sample_one`` (an exact lowest-index FPS) run on the
+    points it can pick, index 0 first, in the kernel's tie order (see the module docstring)."""
+    order = pointnet2_ops_order(cloud.shape[0])
+    skipped = pointnet2_ops_skipped(torch.from_numpy(cloud)).numpy()
+    keep = ~skipped[order]
+    keep[0] = True  # index 0 is the first pick even when it is skipped
+    idx = order[keep]
+    picks = np.zeros(num_samples, dtype=np.int64)  # past idx.size picks every candidate is at distance 0: 0 again
+    count = min(num_samples, idx.size)
+    if count > 1:
+        subset = np.ascontiguousarray(cloud[idx])
+        if sample_one is _pruned_fps:
+            picks[:count] = _pruned_fps(subset, count, start=PN2_START_DISTANCE)
+        else:
+            picks[:count] = sample_one(subset, count)
+    if skipped[0]:  # the subset's 0 wins only once all candidates are at 0: the kernel then takes the first
+        later = picks[1:]
+        later[later == 0] = 1 if idx.size > 1 else 0
+    return idx[picks]
+
+
+def _exceeds_start_distance(xyz: torch.Tensor) -> bool:
+    """Whether two points of a cloud may lie more than sqrt(1e10) apart (the fpsample kernels do not cap
+    distances at 1e10 as pointnet2_ops does)."""
+    span = (xyz.amax(dim=1) - xyz.amin(dim=1)).double()
+    return bool(((span * span).sum(-1) >= PN2_START_DISTANCE * (1 - 1e-6)).any())
+
+
+def _fps_numpy(xyz: torch.Tensor, num_samples: int, sample_one, mode: str = "exact") -> torch.Tensor:
+    upstream = mode == "pointnet2_ops"
+    keep64 = xyz.dtype == torch.float64 and sample_one is _pruned_fps and not upstream
+    clouds = xyz.detach().to(torch.float64 if keep64 else torch.float32).contiguous().numpy()
+    if upstream:
+        picks = [_sample_pointnet2_ops(np.ascontiguousarray(c), num_samples, sample_one) for c in clouds]
+    else:
+        picks = [sample_one(np.ascontiguousarray(cloud), num_samples) for cloud in clouds]
     return torch.from_numpy(np.stack(picks)).to(torch.long)
 
 
-def auto_backend(xyz: torch.Tensor) -> str:
+def auto_backend(xyz: torch.Tensor, mode: str = "exact") -> str:
     """The backend ``backend="auto"`` runs for these points: "fpsample", "pruned" or "torch"."""
     batch, n, _ = xyz.shape
     if xyz.device.type != "cpu":
         return "torch"
     if n >= AUTO_PRUNED_MIN_POINTS:
         return "pruned"
-    if xyz.dtype == torch.float64 or batch * n > AUTO_FPSAMPLE_MAX_POINTS:
+    if (xyz.dtype == torch.float64 and mode == "exact") or batch * n > AUTO_FPSAMPLE_MAX_POINTS:
+        return "torch"
+    if mode == "pointnet2_ops" and _exceeds_start_distance(xyz):
         return "torch"
     if fpsample is None:
         warn_once("fpsample", "fpsample is not installed: farthest_point_sample uses the slower torch "
@@ -258,28 +368,36 @@ def auto_backend(xyz: torch.Tensor) -> str:
     return "fpsample"
 
 
-def farthest_point_sample(xyz: torch.Tensor, num_samples: int, *, backend: str = "auto") -> torch.Tensor:
-    """xyz: (B, N, 3) -> (B, num_samples) int64 indices of the farthest point sample started at index 0."""
+def farthest_point_sample(xyz: torch.Tensor, num_samples: int, *, backend: str = "auto",
+                          mode: str = "exact") -> torch.Tensor:
+    """xyz: (B, N, 3) -> (B, num_samples) int64 indices of the farthest point sample started at index 0.
+
+    ``mode="exact"``: plain FPS (ties: lowest index). ``mode="pointnet2_ops"``: what pointnet2_ops'
+    ``furthest_point_sample`` picks (near-origin points skipped, its tie order, float32; module docstring)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _check_mode(mode)
     check_points("xyz", xyz)
     _check_num_samples(xyz, num_samples)
     batch = xyz.shape[0]
     if num_samples == 0 or batch == 0:
         return torch.zeros(batch, num_samples, dtype=torch.long, device=xyz.device)
     if backend == "auto":
-        backend = auto_backend(xyz)
+        backend = auto_backend(xyz, mode)
     if backend == "torch":
-        return farthest_point_sample_reference(xyz, num_samples)
+        return farthest_point_sample_reference(xyz, num_samples, mode=mode)
     if backend == "pruned":
         if xyz.device.type != "cpu":
             raise ValueError(f"backend='pruned' runs on CPU tensors only, got a tensor on {xyz.device}")
-        return _fps_numpy(xyz, num_samples, _pruned_fps)
+        return _fps_numpy(xyz, num_samples, _pruned_fps, mode)
     if fpsample is None:
         raise ImportError(f"backend={backend!r} needs the fpsample package: pip install fpsample")
     if xyz.device.type != "cpu":
         raise ValueError(f"backend={backend!r} runs on CPU tensors only, got a tensor on {xyz.device}")
-    if xyz.dtype == torch.float64:
+    if xyz.dtype == torch.float64 and mode == "exact":
         raise ValueError(f"backend={backend!r} computes in float32; use backend='torch' for float64 points")
+    if mode == "pointnet2_ops" and _exceeds_start_distance(xyz):
+        raise ValueError(f"backend={backend!r} cannot cap distances at 1e10 as pointnet2_ops does (points over "
+                         "1e5 apart); use backend='torch' or 'pruned'")
     sample_one = _fpsample_exact if backend == "fpsample" else _fpsample_bucket
-    return _fps_numpy(xyz, num_samples, sample_one)
+    return _fps_numpy(xyz, num_samples, sample_one, mode)
