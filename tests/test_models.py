@@ -158,3 +158,88 @@ def test_point_mae_picture_is_an_rgb_image_and_leaves_rng_and_mode_alone():
     assert image.dtype == np.uint8 and image.shape[2] == 3 and image.shape[0] == 600 and image.shape[1] == 900
     assert (image < 200).any() and (image == 255).any()
     assert np.array_equal(model.picture({"points": cloud(b=2)}), image)
+
+
+# --- the faster paths of a Point-MAE step equal the plain ones and the independent reference -----------------
+
+def _randomized_mini_pointnet(dim=48, seed=0):
+    from tests.point_mae_reference import randomize_
+    net = MiniPointNet(dim)
+    randomize_(net, seed)
+    return net
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_mini_pointnet_visible_only_equals_all_patches_then_select(train):
+    """float64, so the closed-form BatchNorm statistics must agree to ~1e-12: values, running statistics and
+    the gradient of every parameter (train mode normalises with the statistics of ALL patches)."""
+    from pcmae.tokenizers.point_groups import select_patches
+    full, visible = _randomized_mini_pointnet().double(), _randomized_mini_pointnet().double()
+    full.train(train), visible.train(train)
+    patches = torch.randn(3, 10, 8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 0.2
+    keep = torch.rand(3, 10, generator=torch.Generator().manual_seed(2)).argsort(dim=1) < 4
+    expected = select_patches(full(patches), keep)
+    got = visible.forward_visible(patches, keep)
+    assert got.shape == (3, 4, 48)
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
+    for (name, a), b in zip(full.state_dict().items(), visible.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12, msg=name)
+    weights = torch.randn(expected.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    (expected * weights).sum().backward()
+    (got * weights).sum().backward()
+    for (name, a), b in zip(full.named_parameters(), visible.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-10, rtol=1e-8, msg=name)
+    assert full.second_conv[0].weight.grad.abs().max() > 0
+
+
+def test_block_forward_tail_equals_the_last_tokens_of_forward():
+    from pcmae.backbones.transformer import Block
+    torch.manual_seed(0)
+    block = Block(48, 3, drop_path=0.5).train()
+    x = torch.randn(6, 10, 48, requires_grad=True)
+    torch.manual_seed(1)
+    expected = block(x)[:, -4:]
+    torch.manual_seed(1)  # the same drop-path draws
+    got = block.forward_tail(x, 4)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    gx_expected, = torch.autograd.grad(expected.sum(), x)
+    gx, = torch.autograd.grad(got.sum(), x)
+    torch.testing.assert_close(gx, gx_expected, atol=1e-6, rtol=1e-6)
+    assert gx[:, :6].abs().sum() > 0  # the other tokens still feed the kept ones through attention
+
+
+def test_point_mae_train_mode_step_matches_the_reference():
+    """Train mode (BatchNorm on batch statistics, as in pre-training): pcmae's visible-only embedding and
+    last-block decoder give the reference's encoder output, reconstruction, Chamfer loss, gradients and
+    BatchNorm running statistics."""
+    from pcmae.integrations.point_mae_checkpoint import convert_state_dict
+    from tests.point_mae_reference import RefPointMAE, randomize_
+    ref = RefPointMAE(c=48, depth=2, heads=3, decoder_depth=2, num_group=16, group_size=8).train()
+    randomize_(ref, seed=4)
+    model = PointMAE(**{**SMALL, "decoder_depth": 2}, drop_path_rate=0.0, augment="none").train()
+    model.load_state_dict(convert_state_dict(ref.state_dict())[0], strict=True)
+    pts = cloud(b=4, seed=5)
+    mask = torch.rand(4, 16, generator=torch.Generator().manual_seed(6)).argsort(dim=1) < 9
+
+    ref_latent, ref_rebuild = ref(pts, mask)
+    neighborhood, _ = ref.group_divider(pts)
+    target = neighborhood[mask].float()
+    d = (ref_rebuild.unsqueeze(2) - target.unsqueeze(1)).square().sum(-1)  # dense Chamfer-L2
+    ref_loss = d.min(dim=2).values.mean() + d.min(dim=1).values.mean()
+    latent, _, groups = model.forward_encoder(pts, mask)
+    predicted = model.forward_decoder(latent, groups.centers, mask)
+    loss = model.forward_loss(predicted, groups.neighborhoods, mask)
+    torch.testing.assert_close(latent, ref_latent, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(predicted.reshape(ref_rebuild.shape), ref_rebuild, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-5)
+
+    ref_loss.backward()
+    loss.backward()
+    ref_grads = convert_state_dict({k: p.grad for k, p in ref.named_parameters()})[0]
+    for name, p in model.named_parameters():
+        scale = ref_grads[name].abs().max()
+        torch.testing.assert_close(p.grad, ref_grads[name], atol=1e-4 * float(scale) + 1e-7, rtol=1e-3, msg=name)
+    ref_state = convert_state_dict(ref.state_dict())[0]
+    for name, t in model.state_dict().items():
+        if "running" in name:
+            torch.testing.assert_close(t, ref_state[name], atol=1e-6, rtol=1e-5, msg=name)

@@ -46,9 +46,12 @@ class PointMAEDecoder(nn.Module):
         num_masked = pos_masked.shape[1]
         x = torch.cat([latent, self.mask_token.expand(b, num_masked, c)], dim=1)
         pos = torch.cat([pos_visible, pos_masked], dim=1)
-        for block in self.blocks:  # the position is added before every block, as in the encoder
+        if not len(self.blocks):
+            return self.head(self.norm(x)[:, -num_masked:]).reshape(b, num_masked, -1, 3)
+        for block in self.blocks[:-1]:  # the position is added before every block, as in the encoder
             x = block(x + pos)
-        return self.head(self.norm(x)[:, -num_masked:]).reshape(b, num_masked, -1, 3)
+        x = self.blocks[-1].forward_tail(x + pos, num_masked)  # only the masked tokens' outputs are read
+        return self.head(self.norm(x)).reshape(b, num_masked, -1, 3)
 
 
 # pcmae checkpoints written before the decoder was its own module: flat key prefix -> prefix under ``decoder.``

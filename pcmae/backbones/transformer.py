@@ -65,6 +65,19 @@ class Attention(nn.Module):
                                            dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, t, c)))
 
+    def forward_tail(self, x: torch.Tensor, num_queries: int) -> torch.Tensor:
+        """``forward(x)[:, -num_queries:]`` without the queries / projection of the other tokens: x (B, T, C)
+        -> (B, num_queries, C); the last ``num_queries`` tokens attend to all T."""
+        b, t, c = x.shape
+        heads, n = self.num_heads, num_queries
+        w, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(x[:, t - n:], w[:c], None if bias is None else bias[:c]).reshape(b, n, heads, c // heads)
+        kv = F.linear(x, w[c:], None if bias is None else bias[c:]).reshape(b, t, 2, heads, c // heads)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, T, D) each
+        x = F.scaled_dot_product_attention(q.transpose(1, 2), k, v,
+                                           dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
+
 
 class Block(nn.Module):
     """x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
@@ -80,6 +93,14 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), attn_mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward_tail(self, x: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """``forward(x)[:, -num_tokens:]`` (same drop-path draws) without the attention queries and MLP of the
+        other tokens: x (B, T, C) -> (B, num_tokens, C). Point-MAE's last decoder block keeps only the masked
+        tokens."""
+        x_tail = x[:, x.shape[1] - num_tokens:]
+        x_tail = x_tail + self.drop_path(self.attn.forward_tail(self.norm1(x), num_tokens))
+        return x_tail + self.drop_path(self.mlp(self.norm2(x_tail)))
 
 
 class CrossAttention(nn.Module):

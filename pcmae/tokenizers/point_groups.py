@@ -96,8 +96,9 @@ class MiniPointNet(nn.Module):
             return select_patches(self.forward(neighborhoods), keep)
         r, pooled = self._first(neighborhoods.reshape(b * g * k, 3), k)
         w_fold, per_patch = self._second_parts(pooled)  # (512, 128), (BG, 512)
-        with torch.autocast(r.device.type, enabled=False):  # statistics in float32, as BatchNorm under autocast
-            mean, var = _folded_moments(r.float().view(b * g, k, -1), w_fold.float(), per_patch.float())
+        with torch.autocast(r.device.type, enabled=False):  # statistics in float32 at least, as BatchNorm
+            dtype = torch.promote_types(bn.weight.dtype, torch.float32)
+            mean, var = _folded_moments(r.to(dtype).view(b * g, k, -1), w_fold.to(dtype), per_patch.to(dtype))
         _update_running_stats(bn, mean, var, b * g * k)
         keep_flat = keep.reshape(b * g)
         r_kept = r.view(b * g, k, -1)[keep_flat]  # (BV, K, 128)
@@ -170,5 +171,5 @@ def _update_running_stats(bn: nn.BatchNorm1d, mean: torch.Tensor, var: torch.Ten
         return
     bn.num_batches_tracked.add_(1)
     momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-    bn.running_mean.lerp_(mean.detach(), momentum)
-    bn.running_var.lerp_(var.detach() * n / max(n - 1, 1), momentum)
+    bn.running_mean.lerp_(mean.detach().to(bn.running_mean.dtype), momentum)
+    bn.running_var.lerp_((var.detach() * n / max(n - 1, 1)).to(bn.running_var.dtype), momentum)
