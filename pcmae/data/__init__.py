@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from pcmae.data.corrupted_objects import CorruptedObjects
 from pcmae.data.corruptions import LIDAR_CORRUPTIONS, OBJECT_CORRUPTIONS, corrupt
+from pcmae.data.fewshot import ModelNetFewShot, SyntheticFewShot
 from pcmae.data.lidar_datasets import LidarSweeps, SimulatedLidarSweeps, collate_sweeps
 from pcmae.data.sequences import LidarSequence, collate_sequences
 from pcmae.data.object_datasets import ModelNet40, ScanObjectNN, ShapeNet55
@@ -24,5 +25,5 @@ def build_dataset(cfg: Mapping[str, Any], where: str = "dataset"):
     return DATASETS.build(cfg, where=where)
 
 
-__all__ = ["CorruptedObjects", "LIDAR_CORRUPTIONS", "OBJECT_CORRUPTIONS", "corrupt", "LidarSequence", "LidarSweeps", "collate_sequences", "ModelNet40", "SimulatedLidarSweeps", "collate_sweeps", "RandomRotate", "ScaleAndTranslate", "ScanObjectNN", "ShapeNet55", "SyntheticObjects",
+__all__ = ["CorruptedObjects", "LIDAR_CORRUPTIONS", "OBJECT_CORRUPTIONS", "corrupt", "LidarSequence", "LidarSweeps", "collate_sequences", "ModelNet40", "ModelNetFewShot", "SimulatedLidarSweeps", "collate_sweeps", "RandomRotate", "ScaleAndTranslate", "ScanObjectNN", "ShapeNet55", "SyntheticFewShot", "SyntheticObjects",
            "build_dataset", "pc_normalize"]

@@ -4,13 +4,24 @@ Items are ``{"points": (num_points, 3) float32, "label": () int64}`` (ModelNet40
 ``"normals": (num_points, 3)``), the same as the embedded ``SyntheticObjects``.
 
 Subsampling (``sampling``): "first" keeps the first rows, "random" a random subset (a permutation, as
-Point-MAE's ``random_sample``), "fps" farthest point sampling from point 0 (``pcmae.ops``). Randomness: with
-``seed=None`` each access draws from torch's global RNG (seeded per DataLoader worker from the run seed),
-so a training item gets a fresh subset every epoch; an integer ``seed`` fixes the subset of each item.
+Point-MAE's ``random_sample``), "fps" farthest point sampling from point 0 (``pcmae.ops``), "upstream" Point-MAE's
+fine-tuning input pipeline (``upstream_sample``). Randomness: with ``seed=None`` each access draws from torch's
+global RNG (seeded per DataLoader worker from the run seed), so a training item gets a fresh subset every epoch;
+an integer ``seed`` fixes the subset of each item.
+
+Point-MAE's pipeline (its ``runner_finetune.py``), done per item here, which is the same since every step acts on
+one cloud at a time: the source cloud (ModelNet: 8192 points, farthest-point sampled from the 10000 of the file and
+normalised) has its point order shuffled in training; a training batch is then farthest-point sampled to
+``point_all`` points (1200 for 1024 input points, 2400 for 2048, 4800 for 4096, 8192 for 8192; at most the cloud's
+size) and ``num_points`` of those are chosen at random; a test batch is farthest-point sampled to ``num_points``.
+Test items also carry ``"vote_points"`` (point_all, 3): the farthest point sample of ``point_all`` points whose
+first ``num_points`` rows are ``"points"``, from which the ``vote`` protocol (pcmae/evaluation/classification.py)
+draws its random subsets, as Point-MAE's ``validate_vote``.
 """
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Optional
 
@@ -19,14 +30,17 @@ import torch
 from torch.utils.data import Dataset
 
 from pcmae.data.transforms import pc_normalize
+from pcmae.io.atomic import atomic_write
 from pcmae.io.binary import read_npy
 from pcmae.io.errors import PointCloudFormatError
 from pcmae.io.loader import check_points
+from pcmae.io.numpy_pickle import load_numpy_pickle
 from pcmae.io.text import read_text
 from pcmae.ops import farthest_point_sample
 from pcmae.registry import DATASETS
 
-SAMPLING = ("first", "random", "fps")
+SAMPLING = ("first", "random", "fps", "upstream")
+UPSTREAM_POINT_ALL = {1024: 1200, 2048: 2400, 4096: 4800, 8192: 8192}  # runner_finetune.py: npoints -> point_all
 
 
 def _generator(seed: Optional[int], index: int) -> Optional[torch.Generator]:
@@ -45,8 +59,38 @@ def subsample(points: np.ndarray, num_points: int, method: str, generator: Optio
         return points[:num_points]
     if method == "random":
         return points[torch.randperm(len(points), generator=generator)[:num_points].numpy()]
-    xyz = torch.from_numpy(np.ascontiguousarray(points[:, :3]))[None]
-    return points[farthest_point_sample(xyz, num_points)[0].numpy()]  # exact, from point 0
+    return points[_fps(points, num_points)]  # exact, from point 0
+
+
+def _fps(points: np.ndarray, num_points: int) -> np.ndarray:
+    """Indices (num_points,) of the farthest point sample of ``points: (P, C)`` started at row 0."""
+    xyz = torch.from_numpy(np.ascontiguousarray(points[:, :3], np.float32))[None]
+    return farthest_point_sample(xyz, num_points)[0].numpy()
+
+
+def upstream_sample(points: np.ndarray, num_points: int, train: bool, generator: Optional[torch.Generator],
+                    source) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Point-MAE's fine-tuning input of one normalised source cloud ``points: (P, C)`` (module docstring).
+
+    Returns (points (num_points, C), vote_points (point_all, C) or None in training). When point_all is the whole
+    cloud the farthest point sample only reorders it, so training takes a random subset of the shuffled cloud
+    (the same distribution) and testing keeps the stored order (the model's own sampling starts at row 0 either
+    way)."""
+    if num_points not in UPSTREAM_POINT_ALL:
+        raise ValueError(f"sampling='upstream' defines point_all for num_points {sorted(UPSTREAM_POINT_ALL)}, "
+                         f"got {num_points}")
+    if num_points > len(points):
+        raise PointCloudFormatError(f"{source}: {len(points)} points, fewer than num_points={num_points}")
+    point_all = min(UPSTREAM_POINT_ALL[num_points], len(points))
+    if train:
+        points = points[torch.randperm(len(points), generator=generator).numpy()]  # the dataset's shuffle
+        pool = points if point_all == len(points) else points[_fps(points, point_all)]
+        return pool[torch.randperm(point_all, generator=generator)[:num_points].numpy()], None
+    if point_all == len(points):
+        vote = points
+        return (points if num_points == len(points) else points[_fps(points, num_points)]), vote
+    vote = points[_fps(points, point_all)]
+    return vote[:num_points], vote  # a farthest point sample's first k picks are the k-point sample
 
 
 def _check_common(name: str, split: str, splits, num_points: int, sampling: str) -> None:
@@ -68,13 +112,25 @@ def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _item(points: np.ndarray, label: int, normalize: bool) -> dict:
+def _item(points: np.ndarray, label: int, normalize: bool, vote_points: Optional[np.ndarray] = None) -> dict:
     xyz = pc_normalize(points[:, :3]) if normalize else points[:, :3]
     item = {"points": torch.from_numpy(np.ascontiguousarray(xyz, np.float32)),
             "label": torch.tensor(label, dtype=torch.long)}
     if points.shape[1] >= 6:
         item["normals"] = torch.from_numpy(np.ascontiguousarray(points[:, 3:6], np.float32))
+    if vote_points is not None:
+        item["vote_points"] = torch.from_numpy(np.ascontiguousarray(vote_points[:, :3], np.float32))
     return item
+
+
+def upstream_item(points: np.ndarray, label: int, num_points: int, train: bool, generator, source,
+                  normalize: bool = True) -> dict:
+    """The item of Point-MAE's pipeline: x, y, z normalised on the whole source cloud (as its datasets do),
+    then ``upstream_sample``; extra columns (normals) travel with their points."""
+    if normalize:
+        points = np.concatenate([pc_normalize(points[:, :3]), points[:, 3:]], axis=1)
+    points, vote = upstream_sample(points, num_points, train, generator, source)
+    return _item(points, label, normalize=False, vote_points=vote)
 
 
 SHAPENET_LAYOUT = ("<root>/ShapeNet-55/{train,test}.txt listing <synset>-<model>.npy names, "
@@ -133,14 +189,23 @@ class ModelNet40(Dataset):
 
     Keeps ``num_points`` of the 10000 points by ``sampling`` (default "first", as Point-MAE without its
     FPS cache), then normalises x, y, z into the unit sphere; ``use_normals`` adds ``"normals"``.
+
+    ``sampling="upstream"``: Point-MAE's fine-tuning pipeline (module docstring; training for split "train",
+    testing for "test") on its ``source_points``-point clouds: read from Point-MAE's cache
+    ``<root>/modelnet{n}_{split}_{source_points}pts_fps.dat`` when present (a pickle of numpy arrays, read with
+    ``pcmae.io.numpy_pickle``: nothing in it is run), else farthest-point sampled from each text file on every
+    access (from its first point; Point-MAE starts at a random one when it writes the cache; about 0.2 s a cloud,
+    so write the cache once with ``write_modelnet_fps_cache``).
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", num_points: int = 1024,
                  use_normals: bool = False, sampling: str = "first", seed: Optional[int] = None,
-                 num_classes: int = 40):
+                 num_classes: int = 40, source_points: int = 8192):
         _check_common("ModelNet40", split, ("train", "test"), num_points, sampling)
         if num_classes not in (10, 40):
             raise ValueError(f"ModelNet40: num_classes must be 40 or 10, got {num_classes}")
+        if sampling == "upstream" and not num_points <= source_points:
+            raise ValueError(f"ModelNet40: num_points={num_points} exceeds source_points={source_points}")
         layout = MODELNET_LAYOUT.format(n=num_classes)
         self.root = Path(root)
         _require(self.root, "ModelNet root folder", layout)
@@ -158,6 +223,11 @@ class ModelNet40(Dataset):
             self.files.append(self.root / class_name / f"{shape_id}.txt")
             self.labels.append(index[class_name])
         self.num_points, self.use_normals, self.sampling, self.seed = int(num_points), use_normals, sampling, seed
+        self.split, self.source_points = split, int(source_points)
+        self.cache_path = self.root / f"modelnet{num_classes}_{split}_{self.source_points}pts_fps.dat"
+        self.cache = None  # list of (source_points, C) arrays, Point-MAE's .dat
+        if sampling == "upstream" and self.cache_path.is_file():
+            self.cache = read_modelnet_fps_cache(self.cache_path, self.labels, self.source_points)
 
     @property
     def num_classes(self) -> int:
@@ -166,15 +236,65 @@ class ModelNet40(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> dict:
+    def _read(self, index: int) -> np.ndarray:
         path = self.files[index]
         if not path.is_file():
             raise FileNotFoundError(f"ModelNet shape file not found: {path}")
         points = check_points(read_text(path), path)
         if self.use_normals and points.shape[1] < 6:
             raise PointCloudFormatError(f"{path}: use_normals needs 6 columns, the file has {points.shape[1]}")
-        points = subsample(points, self.num_points, self.sampling, _generator(self.seed, index), path)
+        return points
+
+    def source_cloud(self, index: int) -> np.ndarray:
+        """The ``source_points``-point cloud (source_points, C) of item ``index`` for ``sampling="upstream"``."""
+        if self.cache is not None:
+            return self.cache[index]
+        points = self._read(index)
+        return subsample(points, self.source_points, "fps", None, self.files[index])
+
+    def __getitem__(self, index: int) -> dict:
+        if self.sampling == "upstream":
+            points = self.source_cloud(index)
+            if self.use_normals and points.shape[1] < 6:
+                raise PointCloudFormatError(f"{self.cache_path}: use_normals needs 6 columns, cloud {index} has "
+                                            f"{points.shape[1]}")
+            return upstream_item(points[:, :6] if self.use_normals else points[:, :3], self.labels[index],
+                                 self.num_points, self.split == "train", _generator(self.seed, index),
+                                 self.files[index])
+        points = self._read(index)
+        points = subsample(points, self.num_points, self.sampling, _generator(self.seed, index), self.files[index])
         return _item(points[:, :6] if self.use_normals else points[:, :3], self.labels[index], normalize=True)
+
+
+def read_modelnet_fps_cache(path: Path, labels: list[int], source_points: int) -> list[np.ndarray]:
+    """Point-MAE's ``modelnet40_{split}_{n}pts_fps.dat``: a pickle of [list of (n, 6) float32 clouds, list of (1,)
+    int32 labels] in the order of the split list; checked against that list's ``labels``."""
+    data = load_numpy_pickle(path)
+    if not (isinstance(data, (list, tuple)) and len(data) == 2 and all(isinstance(x, list) for x in data)):
+        raise PointCloudFormatError(f"{path}: expected [list of clouds, list of labels] (Point-MAE's .dat layout)")
+    clouds, cached_labels = data
+    if len(clouds) != len(labels) or len(cached_labels) != len(labels):
+        raise PointCloudFormatError(f"{path}: {len(clouds)} clouds and {len(cached_labels)} labels, the split list "
+                                    f"names {len(labels)} shapes")
+    for i, (cloud, label) in enumerate(zip(clouds, cached_labels)):
+        if not (isinstance(cloud, np.ndarray) and cloud.ndim == 2 and cloud.shape[0] == source_points
+                and cloud.shape[1] >= 3 and np.issubdtype(cloud.dtype, np.floating)):
+            raise PointCloudFormatError(f"{path}: cloud {i} is {getattr(cloud, 'shape', type(cloud).__name__)}, "
+                                        f"expected ({source_points}, 3 or 6) floats")
+        if int(np.asarray(label).reshape(-1)[0]) != labels[i]:
+            raise PointCloudFormatError(f"{path}: label of cloud {i} is {np.asarray(label).reshape(-1)[0]}, the split "
+                                        f"list says {labels[i]}: the cache belongs to another list")
+    return [np.asarray(c, np.float32) for c in clouds]
+
+
+def write_modelnet_fps_cache(dataset: ModelNet40, path: Optional[str | os.PathLike] = None) -> Path:
+    """Write Point-MAE's ``.dat`` cache of ``dataset`` (farthest point samples of ``source_points`` from each file,
+    from the first point) to ``path`` (default ``dataset.cache_path``), atomically; returns the path."""
+    path = Path(path or dataset.cache_path)
+    clouds = [subsample(dataset._read(i), dataset.source_points, "fps", None, dataset.files[i]).astype(np.float32)
+              for i in range(len(dataset))]
+    labels = [np.array([label], np.int32) for label in dataset.labels]
+    return atomic_write(path, lambda f: pickle.dump([clouds, labels], f, protocol=4))
 
 
 SCANOBJECTNN_VARIANTS = {  # variant -> (folder under h5_files, train file, test file)
@@ -197,7 +317,9 @@ class ScanObjectNN(Dataset):
     """ScanObjectNN h5 files (variants OBJ_BG, OBJ_ONLY, PB_T50_RS); the whole split is read into memory.
 
     Like Point-MAE, points are used as stored (``normalize=False``; the files are already centred and
-    scaled) and all 2048 are kept by default.
+    scaled) and all 2048 are kept by default. ``sampling="upstream"`` (the configs' choice) is Point-MAE's
+    pipeline: with 2048 of 2048 points, a training item is the cloud in a random point order and a test item
+    the cloud as stored.
     """
 
     def __init__(self, root: str | os.PathLike, variant: str = "PB_T50_RS", split: str = "train",
@@ -229,7 +351,7 @@ class ScanObjectNN(Dataset):
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(SCANOBJECTNN_CLASSES)):
             raise PointCloudFormatError(f"{self.path}: labels span [{self.labels.min()}, {self.labels.max()}], "
                                         f"expected 0..{len(SCANOBJECTNN_CLASSES) - 1}")
-        self.variant, self.classes = variant, list(SCANOBJECTNN_CLASSES)
+        self.variant, self.classes, self.split = variant, list(SCANOBJECTNN_CLASSES), split
         self.num_points, self.sampling, self.seed, self.normalize = int(num_points), sampling, seed, normalize
 
     @property
@@ -240,6 +362,9 @@ class ScanObjectNN(Dataset):
         return len(self.points)
 
     def __getitem__(self, index: int) -> dict:
-        points = subsample(self.points[index], self.num_points, self.sampling, _generator(self.seed, index),
-                           f"{self.path}[{index}]")
+        source = f"{self.path}[{index}]"
+        if self.sampling == "upstream":
+            return upstream_item(self.points[index, :, :3], int(self.labels[index]), self.num_points,
+                                 self.split == "train", _generator(self.seed, index), source, self.normalize)
+        points = subsample(self.points[index], self.num_points, self.sampling, _generator(self.seed, index), source)
         return _item(points[:, :3], int(self.labels[index]), self.normalize)
