@@ -219,6 +219,16 @@ def test_numpy_metrics_load_weights_only(tmp_path):
         convert_point_mae_file(arrays, num_groups=64)
 
 
+def tool_main(name: str, function: str = "main"):
+    """A function of tools/<name>.py (tools/ is not a package: imported as test_tools.py does)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        module = __import__(name)
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    return getattr(module, function)
+
+
 def finetune_config(**model) -> dict:
     return {"type": "PointClassifier", "num_classes": 8, "num_groups": 32, "group_size": 32, "embed_dim": 48,
             "depth": 2, "num_heads": 3, **model}
@@ -228,11 +238,7 @@ def test_finetune_pretrained_point_mae_files(tmp_path, capsys):
     """tools/finetune.py --pretrained: a Point-MAE file is converted with the fine-tuning config (its group size
     must agree with a pre-training file's decoder), numpy metrics load, and a classifier file's dropped head is
     named on one line."""
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        from finetune import pretrained_state
-    finally:
-        sys.path.remove(str(REPO / "tools"))
+    pretrained_state = tool_main("finetune", "pretrained_state")
     pre = RefPointMAE(**SMALL_REF, decoder_depth=1)
     randomize_(pre, seed=10)
     src = as_released_file(pre, tmp_path / "pretrain.pth", {"acc": np.float64(90.0)})
@@ -249,22 +255,24 @@ def test_finetune_pretrained_point_mae_files(tmp_path, capsys):
     assert len(err) == 1 and "modelnet.pth" in err[0]
     assert "head.cls_token, head.cls_pos, head.mlp.* (16)" in err[0]
     assert sorted(dropped)[:2] == ["head.cls_pos", "head.cls_token"]
+    # a config silent about group_size: the model's default (32) is what the file is converted with
+    silent = {k: v for k, v in finetune_config().items() if k != "group_size"}
+    assert torch.equal(pretrained_state(cls, silent)["encoder.norm.weight"], clf.encoder.norm.weight)
     # a pcmae classifier's checkpoint as pre-trained weights: the same line
     clf.load_encoder_from_pretrainer(clf.state_dict(), source="pcmae_classifier.pth")
     assert "pcmae_classifier.pth: took 46 encoder tensors; dropped" in capsys.readouterr().err
 
 
-def test_convert_tool_takes_the_config_or_requires_num_groups(tmp_path):
-    ref = RefPointTransformer(**SMALL_REF, cls_dim=15)
-    src = as_released_file(ref, tmp_path / "scan.pth", {"acc": np.float32(88.0)})
-    tool = [sys.executable, str(REPO / "tools" / "convert_checkpoint.py"), str(src)]
-    proc = subprocess.run(tool + [str(tmp_path / "a.pth")], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error:")
-    assert "do not store num_groups" in proc.stderr and not (tmp_path / "a.pth").exists()
-    proc = subprocess.run(tool + [str(tmp_path / "b.pth"), "--config", "configs/point_mae/scanobjectnn_pb_t50_rs.yaml",
-                                  "--num-groups", "64"], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 2 and "either --config or --num-groups" in proc.stderr
-    proc = subprocess.run(tool + [str(tmp_path / "c.pth"), "--num-groups", "128", "--group-size", "32",
-                                  "--num-heads", "3"], cwd=REPO, capture_output=True, text=True, check=True)
+def test_convert_tool_takes_the_config_or_requires_num_groups(tmp_path, capsys):
+    convert = tool_main("convert_checkpoint")
+    src = as_released_file(RefPointTransformer(**SMALL_REF, cls_dim=15), tmp_path / "scan.pth", {"acc": np.float32(88)})
+    with pytest.raises(ValueError, match="scan.pth: Point-MAE files do not store num_groups"):
+        convert([str(src), str(tmp_path / "a.pth")])
+    assert not (tmp_path / "a.pth").exists()
+    with pytest.raises(SystemExit):
+        convert([str(src), str(tmp_path / "b.pth"), "--config", "configs/point_mae/scanobjectnn_pb_t50_rs.yaml",
+                 "--num-groups", "64"])
+    assert "either --config or --num-groups" in capsys.readouterr().err
+    convert([str(src), str(tmp_path / "c.pth"), "--num-groups", "128", "--group-size", "32", "--num-heads", "3"])
     cfg = torch.load(tmp_path / "c.pth", weights_only=True)["config"]["model"]
     assert (cfg["num_groups"], cfg["group_size"], cfg["num_classes"]) == (128, 32, 15)

@@ -16,6 +16,7 @@ segmenter gets instance and class mIoU (pcmae/evaluation/segmentation.py) instea
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from dataclasses import dataclass
 from typing import Callable
@@ -30,7 +31,7 @@ from pcmae.engine.trainer import BEST_CHECKPOINT, Trainer
 from pcmae.evaluation import segmentation
 from pcmae.evaluation.classification import PROTOCOLS, evaluate_accuracy
 from pcmae.integrations.point_mae_checkpoint import NotPointMAEError, convert_point_mae_file
-from pcmae.registry import ConfigError
+from pcmae.registry import MODELS, ConfigError
 
 
 def pretrained_state(path, model_cfg: dict) -> dict:
@@ -43,8 +44,10 @@ def pretrained_state(path, model_cfg: dict) -> dict:
         return load_checkpoint(path)["model"]
     except CheckpointError as err:
         pcmae_error = err
-    encoder_cfg = {k: model_cfg[k] for k in ("num_groups", "group_size", "num_heads", "embed_dim", "depth")
-                   if k in model_cfg}
+    values = {name: p.default for name, p in inspect.signature(MODELS.get(model_cfg["type"])).parameters.items()
+              if p.default is not inspect.Parameter.empty}  # the class defaults where the config is silent
+    values.update(model_cfg)
+    encoder_cfg = {k: values[k] for k in ("num_groups", "group_size", "num_heads", "embed_dim", "depth") if k in values}
     try:
         return convert_point_mae_file(path, config=encoder_cfg)[1]
     except NotPointMAEError:
