@@ -155,7 +155,7 @@ def read_point_mae_file(path) -> dict:
             ) from None
         reason = (str(err).strip().splitlines() or [""])[0]
         raise NotPointMAEError(f"{path}: cannot be read as a torch checkpoint "
-                                      f"({type(err).__name__}: {reason})") from None
+                               f"({type(err).__name__}: {reason})") from None
     if not isinstance(ckpt, dict):
         raise NotPointMAEError(f"{path}: not a Point-MAE checkpoint: expected a dict, got {type(ckpt).__name__}")
     weights = ckpt.get("base_model", ckpt.get("model", ckpt))
