@@ -35,6 +35,8 @@ REGISTERED = {
     "PointMAE-block": dict(type="PointMAE", **POINT_MAE, decoder_depth=1, decoder_num_heads=2, mask_type="block"),
     "PointClassifier": dict(type="PointClassifier", num_classes=4, **POINT_MAE),
     "MATE": dict(type="MATE", num_classes=4, **POINT_MAE, decoder_depth=1, decoder_num_heads=2),
+    "PointPartSegmenter": dict(type="PointPartSegmenter", num_parts=6, num_categories=3, **POINT_MAE,
+                               propagation_dims=[16, 16], head_dims=[16, 8]),
     "VoxelMAE-transformer-pointnet-random": dict(
         type="VoxelMAE", **GRID, point_channels=4, tokenizer={"type": "pointnet", "embed_dim": 16, "hidden_dim": 16},
         backbone=TRANSFORMER, masking={"type": "random", "ratio": 0.7}, num_pred_points=4),
@@ -95,7 +97,7 @@ def needs_spconv(cfg: dict) -> bool:
 def make_batch(cfg: dict, seed: int) -> dict:
     """A batch the model's dataset would give: packed LiDAR sweeps (2 samples, points spread over the range; temporal
     models also a past frame, the same sweeps moved by up to 1 m, and dt) or object clouds (2, 64, 3) (+ labels for
-    a classifier)."""
+    a classifier, + categories and part labels for a part segmenter)."""
     g = torch.Generator().manual_seed(seed)
     if cfg["type"] in LIDAR_MODELS:
         from pcmae.structures import PointBatch
@@ -117,6 +119,9 @@ def make_batch(cfg: dict, seed: int) -> dict:
     batch = {"points": torch.randn(2, 64, 3, generator=g)}
     if cfg["type"] in ("PointClassifier", "MATE"):
         batch["label"] = torch.randint(0, cfg.get("num_classes", 40), (2,), generator=g)
+    if cfg["type"] == "PointPartSegmenter":  # a category and a part label per point
+        batch["label"] = torch.randint(0, cfg.get("num_categories", 16), (2,), generator=g)
+        batch["seg"] = torch.randint(0, cfg.get("num_parts", 50), (2, 64), generator=g)
     return batch
 
 

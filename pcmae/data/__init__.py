@@ -14,6 +14,7 @@ from pcmae.data.fewshot import ModelNetFewShot, SyntheticFewShot
 from pcmae.data.lidar_datasets import LidarSweeps, SimulatedLidarSweeps, collate_sweeps
 from pcmae.data.sequences import LidarSequence, collate_sequences
 from pcmae.data.object_datasets import ModelNet40, ScanObjectNN, ShapeNet55
+from pcmae.data.part_datasets import ShapeNetPart, SyntheticParts
 from pcmae.data.modelnet_meshes import ModelNetMeshZip, modelnet_zip_samples  # noqa: F401  (registers the dataset)
 from pcmae.data.synthetic_objects import SyntheticObjects
 from pcmae.data.transforms import RandomRotate, ScaleAndTranslate, pc_normalize
@@ -25,5 +26,5 @@ def build_dataset(cfg: Mapping[str, Any], where: str = "dataset"):
     return DATASETS.build(cfg, where=where)
 
 
-__all__ = ["CorruptedObjects", "LIDAR_CORRUPTIONS", "OBJECT_CORRUPTIONS", "corrupt", "LidarSequence", "LidarSweeps", "collate_sequences", "ModelNet40", "ModelNetFewShot", "SimulatedLidarSweeps", "collate_sweeps", "RandomRotate", "ScaleAndTranslate", "ScanObjectNN", "ShapeNet55", "SyntheticFewShot", "SyntheticObjects",
+__all__ = ["CorruptedObjects", "LIDAR_CORRUPTIONS", "OBJECT_CORRUPTIONS", "corrupt", "LidarSequence", "LidarSweeps", "collate_sequences", "ModelNet40", "ModelNetFewShot", "SimulatedLidarSweeps", "collate_sweeps", "RandomRotate", "ScaleAndTranslate", "ScanObjectNN", "ShapeNet55", "ShapeNetPart", "SyntheticParts", "SyntheticFewShot", "SyntheticObjects",
            "build_dataset", "pc_normalize"]

@@ -6,6 +6,7 @@ global feature = [max over patches, mean over patches, label embedding] with the
 Conv1d(num_categories -> 64)-BN-LeakyReLU(0.2); each point gets the inverse-distance weighted mean of its 3
 nearest patch centers' features (PointNet++ feature propagation) concatenated to its xyz, through an MLP
 (3C + 3 -> 4C -> 1024); then [propagated, global] -> 512 -> dropout -> 256 -> num_parts logits per point.
+The 1x1 convolutions of Point-MAE are Linear layers on channels-last points here (the same function).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pcmae.backbones.transformer import PointTransformerEncoder, init_vit_weight
 from pcmae.downstream.point_classifier import PointClassifier
 from pcmae.ops import knn
 from pcmae.registry import MODELS
-from pcmae.tokenizers.point_groups import PointGrouper, pointwise
+from pcmae.tokenizers.point_groups import PointGrouper
 
 LABEL_DIM = 64  # width of the category embedding
 
@@ -31,11 +32,11 @@ def default_feature_blocks(depth: int) -> list:
     return [math.ceil(depth * (i + 1) / 3) - 1 for i in range(3)]
 
 
-def conv_layers(widths: Sequence[int], dropout_after: Optional[int] = None) -> nn.Sequential:
-    """1x1 Conv1d-BN-ReLU for each step of ``widths`` (run channels-last by ``pointwise``)."""
+def shared_mlp(widths: Sequence[int], dropout_after: Optional[int] = None) -> nn.Sequential:
+    """Linear-BN-ReLU for each step of ``widths``, on channels-last points (M, C) (Point-MAE's 1x1 convs)."""
     layers = []
     for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
-        layers += [nn.Conv1d(c_in, c_out, 1), nn.BatchNorm1d(c_out), nn.ReLU(inplace=True)]
+        layers += [nn.Linear(c_in, c_out), nn.BatchNorm1d(c_out), nn.ReLU(inplace=True)]
         if i == dropout_after:
             layers.append(nn.Dropout(0.5))
     return nn.Sequential(*layers)
@@ -83,10 +84,10 @@ class PointPartSegmenter(nn.Module):
         self.label_embed = nn.Sequential(nn.Linear(num_categories, LABEL_DIM, bias=False), nn.BatchNorm1d(LABEL_DIM),
                                          nn.LeakyReLU(0.2))
         propagation_dims = list(propagation_dims or (4 * embed_dim, 1024))
-        self.propagation = conv_layers([feature_dim + 3] + propagation_dims)
+        self.propagation = shared_mlp([feature_dim + 3] + propagation_dims)
         head_dims = list(head_dims)
-        self.head = conv_layers([propagation_dims[-1] + 2 * feature_dim + LABEL_DIM] + head_dims, dropout_after=0)
-        self.classifier = nn.Conv1d(head_dims[-1], num_parts, 1)
+        self.head = shared_mlp([propagation_dims[-1] + 2 * feature_dim + LABEL_DIM] + head_dims, dropout_after=0)
+        self.classifier = nn.Linear(head_dims[-1], num_parts)
 
     def segment(self, points: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """points (B, N, 3), category label (B,) -> part logits (B, N, num_parts); no augmentation."""
@@ -97,10 +98,9 @@ class PointPartSegmenter(nn.Module):
         one_hot = F.one_hot(label.reshape(-1).long(), self.num_categories).to(patches.dtype)
         shape = torch.cat([patches.max(dim=1).values, patches.mean(dim=1), self.label_embed(one_hot)], dim=-1)
         per_point = torch.cat([points, interpolate_features(points, groups.centers, patches)], dim=-1)
-        per_point = pointwise(self.propagation, per_point.reshape(b * n, -1)).view(b, n, -1)
+        per_point = self.propagation(per_point.reshape(b * n, -1)).view(b, n, -1)
         x = torch.cat([per_point, shape.unsqueeze(1).expand(-1, n, -1)], dim=-1).reshape(b * n, -1)
-        x = pointwise(self.head, x)
-        return F.linear(x, self.classifier.weight.squeeze(-1), self.classifier.bias).view(b, n, self.num_parts)
+        return self.classifier(self.head(x)).view(b, n, self.num_parts)
 
     def forward(self, batch: dict) -> dict:
         points = batch["points"]

@@ -87,6 +87,31 @@ def evaluate_part_segmentation(model: torch.nn.Module, dataset, batch_size: int 
             "accuracy": correct / seen}
 
 
+def most_frequent_parts(dataset) -> torch.Tensor:
+    """(C,) int64: the most frequent part among the points of each category's shapes in ``dataset`` (-1 for a
+    category without shapes); the constant answer a segmenter has to beat."""
+    counts = torch.zeros(len(dataset.category_parts), dataset.num_parts, dtype=torch.long)
+    for item in dataset:
+        counts[int(item["label"])] += torch.bincount(item["seg"].reshape(-1), minlength=dataset.num_parts)
+    return torch.where(counts.sum(1) > 0, counts.argmax(1), torch.full_like(counts[:, 0], -1))
+
+
+def constant_part_scores(dataset, parts: torch.Tensor) -> dict:
+    """Scores of predicting part ``parts[c]`` (C,) for every point of every shape of category ``c``."""
+    mask = part_mask(dataset.category_parts, dataset.num_parts)
+    ious, labels, correct, seen = [], [], 0, 0
+    for item in dataset:
+        label, seg = item["label"].reshape(1), item["seg"].reshape(1, -1)
+        if parts[label] < 0:
+            raise ValueError(f"no constant part for category {dataset.categories[int(label)]} (no training shape)")
+        pred = parts[label].expand_as(seg)
+        ious.append(shape_ious(pred, seg, label, mask))
+        labels.append(label)
+        correct += int((pred == seg).sum())
+        seen += seg.numel()
+    return {**miou_summary(torch.cat(ious), torch.cat(labels), dataset.categories), "accuracy": correct / seen}
+
+
 def describe(result: dict) -> str:
     """One line: instance and class mIoU, point accuracy (percent)."""
     return (f"instance mIoU {100 * result['instance_miou']:.2f} %, class mIoU {100 * result['class_miou']:.2f} %, "
