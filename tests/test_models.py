@@ -236,9 +236,10 @@ def test_point_mae_train_mode_step_matches_the_reference():
     ref_loss.backward()
     loss.backward()
     ref_grads = convert_state_dict({k: p.grad for k, p in ref.named_parameters()})[0]
-    for name, p in model.named_parameters():
-        scale = ref_grads[name].abs().max()
-        torch.testing.assert_close(p.grad, ref_grads[name], atol=1e-4 * float(scale) + 1e-7, rtol=1e-3, msg=name)
+    for name, p in model.named_parameters():  # a bias right before train-mode BatchNorm has gradient 0 + noise
+        scale = max(float(ref_grads[n].abs().max()) for n in {name, name.replace(".bias", ".weight")}
+                    if n in ref_grads)
+        torch.testing.assert_close(p.grad, ref_grads[name], atol=1e-4 * scale + 1e-7, rtol=1e-3, msg=name)
     ref_state = convert_state_dict(ref.state_dict())[0]
     for name, t in model.state_dict().items():
         if "running" in name:
