@@ -12,7 +12,9 @@ spconv's voxelizer are serial C++. Every equality column is computed. Sections:
   ops       farthest point sampling, kNN (k=32) and Chamfer-L2 (forward + backward) on uniform random clouds
             in the unit cube, against a plain torch loop, each fpsample variant, raw pykdtree, scipy's cKDTree,
             dense cdist; Chamfer too big for its reference is checked on sampled points by brute force;
-  train     Point-MAE training steps per second at batch 32 (benchmarks/train.py);
+  train     Point-MAE training steps per second at batch 32, pcmae next to an earlier pcmae revision (--before) and
+            upstream Point-MAE's model code (--upstream CHECKOUT), interleaved, loss difference computed
+            (benchmarks/train.py);
   voxelize  voxelization of 0.1-2M real (tiled KITTI) points with and without a cap, against torch.unique on a
             flat int64 key and spconv's PointToVoxel, same voxels / counts / means computed (benchmarks/voxelize.py);
   lidar_step  voxel tokenizer + one Voxel-MAE training step on a full KITTI sweep, time and peak memory, for
@@ -333,6 +335,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", default="1,2",
                         help="comma-separated thread counts; ops and voxelize run once per value (same for all sides)")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per row (train)")
+    parser.add_argument("--upstream", default=None,
+                        help="Point-MAE checkout whose model code the train section times next to pcmae's")
+    parser.add_argument("--before", default="6dc3b55", help="earlier pcmae revision the train section times "
+                                                            "('none': skip)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
