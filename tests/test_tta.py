@@ -87,11 +87,49 @@ def test_source_and_bn_take_no_step_but_bn_uses_the_samples_statistics():
     logits = {}
     for method in ("source", "bn"):
         adapter = StreamAdapter(classifier(), TTAConfig.from_dict({"method": method, "num_points": 64, "seed": 1}))
-        adapter._modes()
+        adapter._modes(adapting=False)
         points = torch.as_tensor(x)[:64].unsqueeze(0)
         logits[method] = adapter.model.classify(points)
     assert not torch.allclose(logits["source"], logits["bn"])
     assert source_pred["adapted"] is False
+
+
+def running_stats(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith("encoder.") and "running_mean" in k}
+
+
+def test_stream_bn_statistics_fold_each_adaptation_batch_into_the_running_ones_and_predict_with_them():
+    xs = [x * 4 + 2 for x in clouds(2)]
+    model = classifier("MATE")
+    source = running_stats(model)
+    adapter = StreamAdapter(model, TTAConfig.from_dict({"method": "mate", "protocol": "online", "num_points": 64,
+                                                        "copies": 4, "lr": 1e-12, "bn_momentum": 0.5}))
+    assert adapter.bn_stats == "stream"  # MATE's default
+    adapter(xs[0])
+    after_one = running_stats(model)
+    for key, value in after_one.items():  # half source, half the copies' batch statistics
+        assert not torch.allclose(value, source[key])
+    adapter(xs[1])
+    assert not all(torch.equal(after_one[k], v) for k, v in running_stats(model).items())  # the stream's average
+    adapter._modes(adapting=False)
+    bns = [m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert bns and not any(bn.training for bn in bns)  # prediction reads the running statistics
+    adapter.reset()
+    assert all(torch.equal(v, source[k]) for k, v in running_stats(model).items())
+
+    results = {}
+    for protocol in ("standard", "online"):  # standard restores the source statistics before each sample
+        m = classifier("MATE")
+        a = StreamAdapter(m, TTAConfig.from_dict({"method": "mate", "protocol": protocol, "num_points": 64,
+                                                  "copies": 4, "lr": 1e-12}))
+        a(xs[0])
+        a(xs[1])
+        results[protocol] = running_stats(m)
+    assert not all(torch.allclose(results["standard"][k], v) for k, v in results["online"].items())
+    with pytest.raises(ConfigError, match="tta.bn_stats"):
+        TTAConfig.from_dict({"bn_stats": True})
+    with pytest.raises(ConfigError, match="tta.bn_momentum"):
+        TTAConfig.from_dict({"bn_momentum": 0})
 
 
 def test_bad_samples_are_reported_and_skipped_and_the_stream_goes_on(tmp_path):
@@ -182,3 +220,52 @@ def test_lidar_stream_scores_each_sweep_before_adapting_on_it():
     assert any(a["auroc"] != s["auroc"] for a, s in zip(later, source["per_sweep"][1:]))
     again = source_and_adapted(model, sweeps, grid["point_cloud_range"], steps=1, lr=1e-2, seeds=(0,))["adapted"]
     assert again["pooled"] == adapted["pooled"]  # the adaptation's masks come from the seed, not the global RNG
+
+
+def tiny_mate_run(tmp_path, val_samples=12):
+    """A tiny MATE config + checkpoint for tools/tta.py."""
+    import yaml
+
+    from pcmae.engine.checkpoint import save_checkpoint
+
+    model_cfg = {"type": "MATE", "num_classes": 8, **TINY, "decoder_depth": 1, "decoder_num_heads": 2}
+    cfg = {"model": model_cfg,
+           "data": {"train": {"type": "SyntheticObjects", "num_samples": 8, "num_points": 256},
+                    "val": {"type": "SyntheticObjects", "num_samples": val_samples, "num_points": 256,
+                            "split": "val"}},
+           "train": {"epochs": 1}, "tta": {"method": "mate", "protocol": "online", "copies": 2, "num_points": 64}}
+    config = tmp_path / "mate_tiny.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    checkpoint = tmp_path / "mate.pth"
+    save_checkpoint(checkpoint, {"model": classifier("MATE").__class__(**{k: v for k, v in model_cfg.items()
+                                                                         if k != "type"}).state_dict(),
+                                 "config": cfg, "epoch": 1})
+    return config, checkpoint
+
+
+def test_tta_tool_adapts_along_a_stream_whose_corruption_changes(tmp_path):
+    from tools.tta import main
+
+    config, checkpoint = tiny_mate_run(tmp_path)
+    work = tmp_path / "work"
+    result = main([str(config), "--checkpoint", str(checkpoint), "--corruption", "gaussian,shear,cutout",
+                   "--limit", "2", "--work-dir", str(work)])
+    assert result["samples"] == 6 and result["skipped"] == 0 and 0 <= result["accuracy"] <= 1
+    import json
+
+    records = [json.loads(line) for line in (work / "tta" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in records] == [f"{c}[{i}]" for c, i in zip(
+        ["gaussian"] * 2 + ["shear"] * 2 + ["cutout"] * 2, range(6))]  # new objects for each corruption
+    assert all(r["adapted"] and r["loss"] > 0 for r in records)
+    assert (work / "tta" / "accuracy.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="data.val.num_samples >= 15"):
+        main([str(config), "--checkpoint", str(checkpoint), "--corruption", "gaussian,shear,cutout",
+              "--limit", "5", "--work-dir", str(work)])
+    with pytest.raises(SystemExit, match="need --limit"):
+        main([str(config), "--checkpoint", str(checkpoint), "--corruption", "gaussian,shear",
+              "--work-dir", str(work)])
+    table = main([str(config), "--checkpoint", str(checkpoint), "--table", "--corruption", "gaussian", "--limit", "1",
+                  "--work-dir", str(work)])
+    assert list(table) == ["gaussian"] and table["gaussian"]["source-only"]["samples"] == 1
+    assert set(table["gaussian"]) == {"source-only", "BN-adapt", "TENT", "MATE-standard", "MATE-online",
+                                      "MATE-online stride 4"}

@@ -17,12 +17,13 @@ A LiDAR masked autoencoder (VoxelMAE / RadialMAE checkpoint) adapts on sweeps in
 config's ``data.val`` or ``--info-file``, optionally with ``--lidar-corruption``; each sweep is scored (hidden-voxel
 F1 / AUROC / AP under 3 seeded masks) with the weights adapted on the sweeps before it, next to the source model
 and the trivial answers. ``--table``: accuracy and ms per sample of source-only, BN-adapt, TENT, MATE-standard, MATE-online and MATE-online
-stride 4 on each corruption of ``tta_table.corruptions`` (default: all 15) at ``--severity``, and their mean.
+stride 4 on each corruption named by ``--corruption a,b,...`` (default: all 15) at ``--severity``, and their mean.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 from pathlib import Path
 
@@ -51,11 +52,27 @@ def stream_of(args, cfg: dict, corruption: str | None):
                                                                                                  args.topic))
     if "val" not in cfg["data"]:
         raise SystemExit(f"{args.config}: no stream given (--files / --folder / --bag) and no data.val set")
-    dataset = cfg["data"]["val"]
-    if corruption is not None:
-        dataset = {"type": "CorruptedObjects", "dataset": dataset, "corruption": corruption,
-                   "severity": args.severity, "seed": args.seed}
-    return dataset_source(build_dataset(dataset, where="data.val"), limit=args.limit)
+    if corruption is None:
+        return dataset_source(build_dataset(cfg["data"]["val"], where="data.val"), limit=args.limit)
+    return shifting_stream(args, cfg["data"]["val"], corruption.split(","))
+
+
+def shifting_stream(args, val: dict, corruptions: list[str]):
+    """data.val seen through each corruption in turn: ``--limit`` items each (all of them for one corruption),
+    successive corruptions on successive items, so the stream meets one shift after another on new objects."""
+    datasets = [build_dataset({"type": "CorruptedObjects", "dataset": val, "corruption": corruption,
+                               "severity": args.severity, "seed": args.seed}, where="data.val")
+                for corruption in corruptions]
+    if len(corruptions) == 1:
+        return dataset_source(datasets[0], limit=args.limit, name=corruptions[0])
+    if args.limit is None:
+        raise SystemExit("tools/tta.py: several --corruption names need --limit (items per corruption)")
+    if len(corruptions) * args.limit > len(datasets[0]):
+        raise SystemExit(f"tools/tta.py: {len(corruptions)} corruptions x --limit {args.limit} items need "
+                         f"data.val.num_samples >= {len(corruptions) * args.limit}, it has {len(datasets[0])}")
+    return itertools.chain.from_iterable(
+        dataset_source(dataset, limit=args.limit, start=k * args.limit, name=corruption)
+        for k, (corruption, dataset) in enumerate(zip(corruptions, datasets)))
 
 
 def adapt_stream(model_cfg: dict, checkpoint, tta_cfg: TTAConfig, samples, log=print) -> list[dict]:
@@ -108,7 +125,8 @@ def main(argv=None):
     parser.add_argument("--bag", help="a ROS1 / ROS2 bag; --topic: its PointCloud2 topic")
     parser.add_argument("--topic")
     parser.add_argument("--layout", help="column layout of .bin files")
-    parser.add_argument("--corruption", help="corrupt the data.val stream (pcmae.data.corruptions)")
+    parser.add_argument("--corruption", help="corrupt the data.val stream (pcmae.data.corruptions); a,b,c: one "
+                        "after another, --limit items each (a stream whose shift changes)")
     parser.add_argument("--severity", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="at most this many samples of data.val")
@@ -137,7 +155,7 @@ def main(argv=None):
         return result
     from pcmae.data.corruptions import OBJECT_CORRUPTIONS
 
-    corruptions = list((cfg.get("tta_table") or {}).get("corruptions", OBJECT_CORRUPTIONS))
+    corruptions = args.corruption.split(",") if args.corruption else list(OBJECT_CORRUPTIONS)
     table = {}
     for corruption in corruptions:
         for name, run in TABLE_RUNS.items():

@@ -5,6 +5,12 @@ Protocols (``tta.protocol``):
             (MATE-Standard);
   online    the weights carry over from sample to sample, ``steps`` steps on each (MATE-Online);
   stride    online, but only every ``stride``-th sample adapts (the others are only predicted).
+BatchNorm statistics of the encoder (``tta.bn_stats``):
+  source  the source model's running statistics, never changed;
+  sample  the incoming sample's own statistics (its copies), in adaptation and prediction, never stored (BN-adapt);
+  stream  MATE's: adaptation batches normalise with their own statistics and fold them into the running ones
+          (momentum ``bn_momentum``); prediction uses the running statistics. Online, they become an average over
+          the stream; standard restores the source ones with the weights.
 Safety on long streams: the adaptation loss of each sample is compared with the mean over the first
 ``drift_warmup`` samples; after ``drift_patience`` samples in a row above ``drift_factor`` times that level the
 weights go back to the source ones (logged as a reset). A sample that is empty, non-finite or unreadable is
@@ -26,6 +32,7 @@ from pcmae.registry import ConfigError
 from pcmae.tta.methods import TTA_METHODS, encoder_batchnorms
 
 PROTOCOLS = ("standard", "online", "stride")
+BN_STATS = ("source", "sample", "stream")
 
 
 @dataclass
@@ -38,7 +45,8 @@ class TTAConfig:
     copies: int = 16              # batch of copies of the sample (each masked / seen differently)
     stride: int = 4               # protocol "stride": adapt on every stride-th sample
     lr: float = 1e-4
-    bn_stats: Optional[bool] = None  # None: the method's default
+    bn_stats: Optional[str] = None  # source | sample | stream; None: the method's default
+    bn_momentum: float = 0.1      # bn_stats "stream": weight of each adaptation batch in the running statistics
     num_points: int = 1024        # points per sample fed to the model (resampled)
     drift_factor: float = 3.0     # reset when the loss stays above drift_factor x its early level ...
     drift_patience: int = 20      # ... for this many adapted samples in a row
@@ -60,6 +68,10 @@ class TTAConfig:
             value = getattr(out, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"'tta.{key}' must be an int >= 1, got {value!r}")
+        if out.bn_stats is not None and out.bn_stats not in BN_STATS:
+            raise ConfigError(f"'tta.bn_stats' must be one of {', '.join(BN_STATS)}, got {out.bn_stats!r}")
+        if not isinstance(out.bn_momentum, (int, float)) or not 0 < out.bn_momentum <= 1:
+            raise ConfigError(f"'tta.bn_momentum' must be a number in (0, 1], got {out.bn_momentum!r}")
         for key in ("lr", "drift_factor"):
             value = getattr(out, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
@@ -102,7 +114,7 @@ class StreamAdapter:
     def __init__(self, model: nn.Module, cfg: TTAConfig):
         self.model, self.cfg = model, cfg
         self.method = TTA_METHODS.get(cfg.method)()
-        self.bn_stats = self.method.bn_stats if cfg.bn_stats is None else bool(cfg.bn_stats)
+        self.bn_stats = self.method.bn_stats if cfg.bn_stats is None else cfg.bn_stats
         self.params = self.method.parameters(model)
         adapted = {id(p) for p in self.params}
         for p in model.parameters():  # no gradient work (or piling-up .grad) for what does not adapt
@@ -125,17 +137,21 @@ class StreamAdapter:
         self.model.load_state_dict(self.source_state)
         self.optimizer = self._new_optimizer()
 
-    def _modes(self) -> None:
-        """eval everywhere; the encoder's BatchNorm layers normalise with the sample's statistics when bn_stats,
-        without folding them into their running statistics (the source state stays what reset() restores)."""
+    def _modes(self, adapting: bool) -> None:
+        """eval everywhere except the encoder's BatchNorm layers, per ``bn_stats`` (module docstring)."""
         self.model.eval()
         for bn in encoder_batchnorms(self.model):
-            bn.train(self.bn_stats)
-            bn.track_running_stats = not self.bn_stats
+            if self.bn_stats == "sample":  # batch statistics, running ones untouched
+                bn.train(True)
+                bn.track_running_stats = False
+            else:
+                bn.train(self.bn_stats == "stream" and adapting)
+                bn.track_running_stats = True
+                bn.momentum = self.cfg.bn_momentum
 
     def _adapt(self, x: torch.Tensor) -> Optional[float]:
         copies = x.unsqueeze(0).expand(self.cfg.copies, -1, -1).contiguous()
-        self._modes()
+        self._modes(adapting=True)
         loss_value = None
         for _ in range(self.cfg.steps):
             loss = self.method.loss(self.model, copies, self.device_generator)
@@ -173,7 +189,7 @@ class StreamAdapter:
         loss = self._adapt(x) if adapts else None
         reset = self._watch_drift(loss) if protocol != "standard" else False
         adapted = time.perf_counter()
-        self._modes()
+        self._modes(adapting=False)
         with torch.no_grad():
             logits = self.model.classify(x.unsqueeze(0))[0]
         pred = int(logits.argmax())

@@ -1,7 +1,8 @@
 """What adapts a classifier to the test data it meets: registry entries of ``tta.method``.
 
 Each method says which parameters take gradient steps, on which loss of a batch of copies of the incoming sample,
-and whether the encoder's BatchNorm layers normalise with the sample's own statistics (``bn_stats``):
+and which BatchNorm statistics the encoder uses by default (``bn_stats``: source | sample | stream, see
+pcmae/tta/adapter.py):
   source   nothing adapts (the baseline);
   bn       BatchNorm statistics of the test sample, no gradient step (BN-adapt);
   tent     entropy of the predicted class distribution, BatchNorm affine parameters only (TENT, Wang et al. 2021);
@@ -30,7 +31,7 @@ def encoder_batchnorms(model: nn.Module) -> list[_BatchNorm]:
 class Method:
     """No adaptation."""
 
-    bn_stats = False  # default for ``tta.bn_stats``
+    bn_stats = "source"  # default for ``tta.bn_stats``
 
     def parameters(self, model: nn.Module) -> list[nn.Parameter]:
         return []
@@ -44,12 +45,12 @@ TTA_METHODS.register(Method, name="source")
 
 @TTA_METHODS.register(name="bn")
 class BatchNormAdapt(Method):
-    bn_stats = True
+    bn_stats = "sample"
 
 
 @TTA_METHODS.register(name="tent")
 class Tent(Method):
-    bn_stats = True
+    bn_stats = "sample"
 
     def parameters(self, model):
         return [p for m in encoder_batchnorms(model) for p in (m.weight, m.bias) if p is not None]
@@ -61,7 +62,7 @@ class Tent(Method):
 
 @TTA_METHODS.register(name="mate")
 class Mate(Method):
-    bn_stats = True
+    bn_stats = "stream"
 
     def parameters(self, model):
         if not hasattr(model, "reconstruction_loss"):

@@ -72,10 +72,13 @@ def folder_source(folder, layout: Optional[str] = None, timeout_s: float = 10.0,
         return
 
 
-def dataset_source(dataset, limit: Optional[int] = None) -> Iterator[StreamSample]:
-    """Items of ``dataset`` in index order (up to ``limit``)."""
-    for index in range(len(dataset) if limit is None else min(limit, len(dataset))):
+def dataset_source(dataset, limit: Optional[int] = None, start: int = 0,
+                   name: Optional[str] = None) -> Iterator[StreamSample]:
+    """Items ``start, start + 1, ...`` of ``dataset`` in index order (up to ``limit`` of them), named
+    ``<name>[index]`` (default name: the dataset's class)."""
+    name = name or type(dataset).__name__
+    stop = len(dataset) if limit is None else min(start + limit, len(dataset))
+    for index in range(start, stop):
         item = dataset[index]
         label = item.get("label")
-        yield StreamSample(f"{type(dataset).__name__}[{index}]", item["points"],
-                           None if label is None else int(label))
+        yield StreamSample(f"{name}[{index}]", item["points"], None if label is None else int(label))
