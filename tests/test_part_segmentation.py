@@ -243,3 +243,12 @@ def test_finetune_tool_scores_part_segmentation_by_miou(tmp_path):
     for weights in ("last", "best"):
         scores = written[weights]["plain"]
         assert 0 <= scores["instance_miou"] <= 1 and 0 <= scores["class_miou"] <= 1 and scores["num_shapes"] == 10
+
+
+def test_evaluation_on_the_shapenetpart_layout(shapenetpart):
+    test = ShapeNetPart(shapenetpart, split="test", num_points=32, seed=0)
+    perfect = evaluate_part_segmentation(Oracle(test.num_parts), test, batch_size=2)
+    assert perfect["class_miou"] == 1.0 and set(perfect["per_category"]) == {"Airplane", "Bag", "Mug"}
+    parts = most_frequent_parts(ShapeNetPart(shapenetpart, split="trainval", num_points=32, seed=0))
+    constant = constant_part_scores(test, parts)
+    assert 0.0 < constant["instance_miou"] < 0.5 and constant["num_shapes"] == 3
