@@ -126,6 +126,26 @@ def test_stream_bn_statistics_fold_each_adaptation_batch_into_the_running_ones_a
         a(xs[1])
         results[protocol] = running_stats(m)
     assert not all(torch.allclose(results["standard"][k], v) for k, v in results["online"].items())
+    bn_only = classifier()
+    weights = state(bn_only)
+    adapter = StreamAdapter(bn_only, TTAConfig.from_dict({"method": "bn", "bn_stats": "stream", "num_points": 64,
+                                                          "copies": 4}))
+    assert adapter(xs[0])["adapted"] and adapter.optimizer is None
+    assert not all(torch.equal(v, weights[k]) for k, v in running_stats(bn_only).items())
+    assert all(torch.equal(v, weights[k]) for k, v in bn_only.state_dict().items() if "running" not in k
+               and "num_batches" not in k)
+    norms_only = classifier("MATE")
+    adapter = StreamAdapter(norms_only, TTAConfig.from_dict({"method": "mate", "adapt": "norms", "num_points": 64,
+                                                             "copies": 4, "lr": 1e-2}))
+    trainable = {n for n, p in norms_only.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("encoder.") and ("norm" in n or "patch_embed" in n) for n in trainable)
+    before = state(norms_only)
+    adapter(xs[0])
+    changed = {k for k, v in norms_only.state_dict().items() if not torch.equal(v, before[k]) and "running" not in k
+               and "num_batches" not in k}
+    assert changed and changed <= trainable
+    with pytest.raises(ConfigError, match="'tta.adapt' must be one of encoder, norms, patch_embed"):
+        TTAConfig.from_dict({"adapt": "head"})
     with pytest.raises(ConfigError, match="tta.bn_stats"):
         TTAConfig.from_dict({"bn_stats": True})
     with pytest.raises(ConfigError, match="tta.bn_momentum"):
@@ -267,5 +287,5 @@ def test_tta_tool_adapts_along_a_stream_whose_corruption_changes(tmp_path):
     table = main([str(config), "--checkpoint", str(checkpoint), "--table", "--corruption", "gaussian", "--limit", "1",
                   "--work-dir", str(work)])
     assert list(table) == ["gaussian"] and table["gaussian"]["source-only"]["samples"] == 1
-    assert set(table["gaussian"]) == {"source-only", "BN-adapt", "TENT", "MATE-standard", "MATE-online",
+    assert set(table["gaussian"]) == {"source-only", "BN-adapt", "BN-stream", "TENT", "MATE-standard", "MATE-online",
                                       "MATE-online stride 4"}

@@ -16,8 +16,8 @@ rolling accuracy, adaptation loss, reset, latency in ms) and ``accuracy.png`` (r
 A LiDAR masked autoencoder (VoxelMAE / RadialMAE checkpoint) adapts on sweeps instead (pcmae.tta.lidar): the
 config's ``data.val`` or ``--info-file``, optionally with ``--lidar-corruption``; each sweep is scored (hidden-voxel
 F1 / AUROC / AP under 3 seeded masks) with the weights adapted on the sweeps before it, next to the source model
-and the trivial answers. ``--table``: accuracy and ms per sample of source-only, BN-adapt, TENT, MATE-standard, MATE-online and MATE-online
-stride 4 on each corruption named by ``--corruption a,b,...`` (default: all 15) at ``--severity``, and their mean.
+and the trivial answers. ``--table``: accuracy and ms per sample of source-only, BN-adapt, BN-stream (MATE's
+BatchNorm statistics without its gradient step), TENT, MATE-standard, MATE-online and MATE-online stride 4 on each corruption named by ``--corruption a,b,...`` (default: all 15) at ``--severity``, and their mean.
 """
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ from pcmae.io.atomic import atomic_write
 from pcmae.registry import MODELS
 from pcmae.tta import StreamAdapter, TTAConfig, dataset_source, files_source, folder_source, run_stream
 
-TABLE_RUNS = {"source-only": {"method": "source"}, "BN-adapt": {"method": "bn"}, "TENT": {"method": "tent",
-              "protocol": "online"}, "MATE-standard": {"method": "mate", "protocol": "standard"},
+TABLE_RUNS = {"source-only": {"method": "source"}, "BN-adapt": {"method": "bn"},
+              "BN-stream": {"method": "bn", "bn_stats": "stream", "protocol": "online"},
+              "TENT": {"method": "tent", "protocol": "online"}, "MATE-standard": {"method": "mate", "protocol": "standard"},
               "MATE-online": {"method": "mate", "protocol": "online"},
               "MATE-online stride 4": {"method": "mate", "protocol": "stride", "stride": 4}}
 

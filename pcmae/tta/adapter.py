@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from pcmae.registry import ConfigError
-from pcmae.tta.methods import TTA_METHODS, encoder_batchnorms
+from pcmae.tta.methods import ADAPTED_PARAMETERS, TTA_METHODS, encoder_batchnorms
 
 PROTOCOLS = ("standard", "online", "stride")
 BN_STATS = ("source", "sample", "stream")
@@ -47,6 +47,7 @@ class TTAConfig:
     lr: float = 1e-4
     bn_stats: Optional[str] = None  # source | sample | stream; None: the method's default
     bn_momentum: float = 0.1      # bn_stats "stream": weight of each adaptation batch in the running statistics
+    adapt: Optional[str] = None   # which parameters step: encoder | norms | patch_embed; None: the method's choice
     num_points: int = 1024        # points per sample fed to the model (resampled)
     drift_factor: float = 3.0     # reset when the loss stays above drift_factor x its early level ...
     drift_patience: int = 20      # ... for this many adapted samples in a row
@@ -68,6 +69,9 @@ class TTAConfig:
             value = getattr(out, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"'tta.{key}' must be an int >= 1, got {value!r}")
+        if out.adapt is not None and out.adapt not in ADAPTED_PARAMETERS:
+            raise ConfigError(f"'tta.adapt' must be one of {', '.join(ADAPTED_PARAMETERS.names())}, got "
+                              f"{out.adapt!r}")
         if out.bn_stats is not None and out.bn_stats not in BN_STATS:
             raise ConfigError(f"'tta.bn_stats' must be one of {', '.join(BN_STATS)}, got {out.bn_stats!r}")
         if not isinstance(out.bn_momentum, (int, float)) or not 0 < out.bn_momentum <= 1:
@@ -115,7 +119,9 @@ class StreamAdapter:
         self.model, self.cfg = model, cfg
         self.method = TTA_METHODS.get(cfg.method)()
         self.bn_stats = self.method.bn_stats if cfg.bn_stats is None else cfg.bn_stats
-        self.params = self.method.parameters(model)
+        self.params = self.method.parameters(model)  # also checks that the model suits the method
+        if cfg.adapt is not None and self.params:
+            self.params = ADAPTED_PARAMETERS.get(cfg.adapt)(model)
         adapted = {id(p) for p in self.params}
         for p in model.parameters():  # no gradient work (or piling-up .grad) for what does not adapt
             p.requires_grad_(id(p) in adapted)
@@ -152,6 +158,10 @@ class StreamAdapter:
     def _adapt(self, x: torch.Tensor) -> Optional[float]:
         copies = x.unsqueeze(0).expand(self.cfg.copies, -1, -1).contiguous()
         self._modes(adapting=True)
+        if not self.params:  # bn_stats "stream" alone: the copies only pass through to update the statistics
+            with torch.no_grad():
+                self.model.classify(copies)
+            return None
         loss_value = None
         for _ in range(self.cfg.steps):
             loss = self.method.loss(self.model, copies, self.device_generator)
@@ -183,7 +193,8 @@ class StreamAdapter:
         start = time.perf_counter()
         x = prepare_points(points, self.cfg.num_points, self.generator, self.device)
         protocol = self.cfg.protocol
-        adapts = bool(self.params) and (protocol != "stride" or self.index % self.cfg.stride == 0)
+        adapts = ((bool(self.params) or self.bn_stats == "stream")
+                  and (protocol != "stride" or self.index % self.cfg.stride == 0))
         if protocol == "standard":
             self.reset()
         loss = self._adapt(x) if adapts else None

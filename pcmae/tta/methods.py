@@ -4,7 +4,8 @@ Each method says which parameters take gradient steps, on which loss of a batch 
 and which BatchNorm statistics the encoder uses by default (``bn_stats``: source | sample | stream, see
 pcmae/tta/adapter.py):
   source   nothing adapts (the baseline);
-  bn       BatchNorm statistics of the test sample, no gradient step (BN-adapt);
+  bn       BatchNorm statistics of the test sample, no gradient step (BN-adapt; with ``tta.bn_stats: stream`` the
+           statistics of the stream so far, as MATE keeps them, without MATE's gradient step);
   tent     entropy of the predicted class distribution, BatchNorm affine parameters only (TENT, Wang et al. 2021);
   mate     Point-MAE's masked reconstruction loss of the joint model, every encoder parameter (MATE, Mirza et al.
            2023; needs ``model.reconstruction_loss``).
@@ -20,6 +21,26 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from pcmae.registry import Registry
 
 TTA_METHODS = Registry("test-time adaptation method")
+ADAPTED_PARAMETERS = Registry("adapted parameter set")  # ``tta.adapt``: overrides the method's own choice
+
+
+@ADAPTED_PARAMETERS.register(name="encoder")
+def encoder_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every encoder parameter: patch embedding, positions, blocks, norms (MATE's choice)."""
+    return list(model.encoder.parameters())
+
+
+@ADAPTED_PARAMETERS.register(name="norms")
+def norm_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The affine weights and biases of the encoder's BatchNorm and LayerNorm layers."""
+    norms = [m for m in model.encoder.modules() if isinstance(m, (_BatchNorm, nn.LayerNorm))]
+    return [p for m in norms for p in (m.weight, m.bias) if p is not None]
+
+
+@ADAPTED_PARAMETERS.register(name="patch_embed")
+def patch_embed_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The mini-PointNet that turns each patch into a token (where local corruptions enter)."""
+    return list(model.encoder.patch_embed.parameters())
 
 
 def encoder_batchnorms(model: nn.Module) -> list[_BatchNorm]:
@@ -68,7 +89,7 @@ class Mate(Method):
         if not hasattr(model, "reconstruction_loss"):
             raise TypeError(f"tta.method 'mate' needs a joint model with reconstruction_loss (type MATE), got "
                             f"{type(model).__name__}")
-        return list(model.encoder.parameters())
+        return encoder_parameters(model)
 
     def loss(self, model, copies, generator):
         return model.reconstruction_loss(copies, generator=generator)
