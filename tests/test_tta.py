@@ -289,3 +289,29 @@ def test_tta_tool_adapts_along_a_stream_whose_corruption_changes(tmp_path):
     assert list(table) == ["gaussian"] and table["gaussian"]["source-only"]["samples"] == 1
     assert set(table["gaussian"]) == {"source-only", "BN-adapt", "BN-stream", "TENT", "MATE-standard", "MATE-online",
                                       "MATE-online stride 4"}
+
+
+def test_gradient_alignment_is_one_for_the_supervised_loss_and_leaves_the_weights_alone():
+    import torch.nn.functional as F
+
+    from pcmae.tta.alignment import gradient_alignment
+
+    model = classifier("MATE")
+    points = torch.as_tensor(clouds(1, points=64)[0])
+
+    class Supervised:  # a "self-supervised" loss that is the true label's cross-entropy itself
+        def loss(self, model, copies, generator):
+            return F.cross_entropy(model.classify(copies[:1]), torch.tensor([2]))
+
+    params = list(model.encoder.parameters())
+    assert gradient_alignment(model, Supervised(), params, points, 2, copies=3) == pytest.approx(1.0, abs=1e-3)
+    assert gradient_alignment(model, Supervised(), params, points, 1, copies=3) < 0.99  # another label's gradient
+
+    before = state(model)
+    adapter = StreamAdapter(model, TTAConfig.from_dict({"method": "mate", "num_points": 64, "copies": 4}))
+    cosine = adapter.alignment(clouds(1)[0], 1)
+    assert -1.0 <= cosine <= 1.0 and cosine != 0.0
+    assert same(before, state(model))  # the source weights and statistics, untouched
+    with pytest.raises(ValueError, match="takes no gradient step"):
+        StreamAdapter(classifier(), TTAConfig.from_dict({"method": "bn", "num_points": 64})).alignment(
+            clouds(1)[0], 0)

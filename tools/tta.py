@@ -6,6 +6,7 @@
     python tools/tta.py configs/mate/demo.yaml --checkpoint CKPT --files a.ply b.off c.npy
     python tools/tta.py configs/mate/demo.yaml --checkpoint CKPT --bag drive.bag --topic /points
     python tools/tta.py configs/mate/demo.yaml --checkpoint CKPT --table      # every corruption x every method
+    python tools/tta.py configs/mate/demo.yaml --checkpoint CKPT --alignment --limit 32   # will the step help?
     python tools/tta.py configs/voxel_mae/demo.yaml --checkpoint CKPT --info-file radiate/folder_infos_all.pkl
 
 The ``tta:`` section of the config (pcmae.tta.TTAConfig: method source | bn | tent | mate, protocol standard |
@@ -136,6 +137,8 @@ def main(argv=None):
     parser.add_argument("--lidar-corruption", help="LiDAR models: corrupt each sweep (beam_drop, fog, snow, ...)")
     parser.add_argument("--ring-column", type=int, help="LiDAR models: the ring column for --lidar-corruption")
     parser.add_argument("--table", action="store_true", help="every corruption x every method (the README table)")
+    parser.add_argument("--alignment", action="store_true", help="instead of adapting: the cosine between the "
+                        "method's adaptation gradient and the true label's gradient on each sample (source weights)")
     parser.add_argument("--work-dir", help="default: the config's work dir")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. tta.protocol=standard")
     args = parser.parse_intermixed_args(argv)
@@ -147,6 +150,8 @@ def main(argv=None):
     base = dict(cfg.get("tta") or {})
     if hasattr(MODELS.get(cfg["model"]["type"]), "predict_occupancy"):  # a LiDAR masked autoencoder
         return lidar_main(args, cfg, base, out_dir)
+    if args.alignment:
+        return alignment_main(args, cfg, TTAConfig.from_dict(base), out_dir)
     if not args.table:
         tta_cfg = TTAConfig.from_dict(base)
         records = adapt_stream(cfg["model"], args.checkpoint, tta_cfg, stream_of(args, cfg, args.corruption))
@@ -168,6 +173,28 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "table.json", lambda f: f.write(json.dumps(table, indent=2).encode()))
     return table
+
+
+def alignment_main(args, cfg: dict, tta_cfg: TTAConfig, out_dir: Path) -> dict:
+    """Per corruption (``--corruption a,b`` or all 15): mean cosine between the adaptation gradient and the true
+    label's gradient, and the share of samples where it is positive."""
+    import statistics
+
+    from pcmae.data.corruptions import OBJECT_CORRUPTIONS
+
+    model = build_model(copy.deepcopy(cfg["model"]))
+    load_model_weights(model, args.checkpoint, expected_type=cfg["model"].get("type"))
+    adapter = StreamAdapter(model, tta_cfg)
+    result = {}
+    for corruption in args.corruption.split(",") if args.corruption else list(OBJECT_CORRUPTIONS):
+        cosines = [adapter.alignment(s.points, s.label) for s in stream_of(args, cfg, corruption)]
+        result[corruption] = {"mean": statistics.fmean(cosines), "positive": sum(c > 0 for c in cosines) / len(cosines),
+                              "samples": len(cosines)}
+        print(f"| {corruption} | {result[corruption]['mean']:+.3f} | {100 * result[corruption]['positive']:.0f} % |",
+              flush=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / "alignment.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
+    return result
 
 
 def lidar_main(args, cfg: dict, base: dict, out_dir: Path) -> dict:

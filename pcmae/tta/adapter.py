@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from pcmae.registry import ConfigError
+from pcmae.tta.alignment import gradient_alignment
 from pcmae.tta.methods import ADAPTED_PARAMETERS, TTA_METHODS, encoder_batchnorms
 
 PROTOCOLS = ("standard", "online", "stride")
@@ -187,6 +188,19 @@ class StreamAdapter:
             self.above, self.resets = 0, self.resets + 1
             return True
         return False
+
+    def alignment(self, points, label: int) -> float:
+        """Cosine between this method's adaptation gradient and the true label's cross-entropy gradient on the
+        source weights (pcmae.tta.alignment), in the modes adaptation runs in; the source state is restored."""
+        if not self.params:
+            raise ValueError(f"tta.method {self.cfg.method!r} takes no gradient step: nothing to align")
+        x = prepare_points(points, self.cfg.num_points, self.generator, self.device)
+        self.reset()
+        self._modes(adapting=True)
+        cosine = gradient_alignment(self.model, self.method, self.params, x, int(label), self.cfg.copies,
+                                    self.device_generator)
+        self.reset()
+        return cosine
 
     def __call__(self, points, label: Optional[int] = None) -> dict:
         """One sample (N, >=3) -> {index, pred, label, correct, loss, adapted, reset, adapt_ms, latency_ms}."""
