@@ -3,9 +3,10 @@
 points (B, N, 3) -> G patches -> encoder; the outputs of three blocks (by default the last of each third: 3, 7, 11
 of 12), each through the encoder's final LayerNorm, are concatenated into (B, G, 3C) patch features;
 global feature = [max over patches, mean over patches, label embedding] with the category one-hot through
-Conv1d(num_categories -> 64)-BN-LeakyReLU(0.2); each point gets the inverse-distance weighted mean of its 3
+Linear(num_categories -> 64, no bias)-BN-LeakyReLU(0.2); each point gets the inverse-distance weighted mean of its 3
 nearest patch centers' features (PointNet++ feature propagation) concatenated to its xyz, through an MLP
-(3C + 3 -> 4C -> 1024); then [propagated, global] -> 512 -> dropout -> 256 -> num_parts logits per point.
+(3C + 3 -> 4C -> 1024, ``propagation_dims``); then [propagated, global] -> 512 -> dropout -> 256 (``head_dims``)
+-> num_parts logits per point. The defaults are Point-MAE's widths; the CPU demo narrows them.
 The 1x1 convolutions of Point-MAE are Linear layers on channels-last points here (the same function).
 """
 from __future__ import annotations
