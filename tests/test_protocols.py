@@ -270,8 +270,16 @@ TINY_CLASSIFIER = ["model.embed_dim=24", "model.depth=1", "model.num_heads=2", "
 
 @pytest.mark.slow
 def test_fewshot_tool_runs_every_fold_and_reports_mean_and_std(tmp_path):
+    from pcmae.engine.checkpoint import load_model_weights, save_checkpoint
+    from pcmae.pretrainers import PointMAE
+
+    torch.manual_seed(1)
+    encoder = PointMAE(num_groups=8, group_size=8, embed_dim=24, depth=1, num_heads=2, decoder_depth=1,
+                       decoder_num_heads=2)
+    save_checkpoint(tmp_path / "pretrain.pth", {"model": encoder.state_dict()})
     proc = run_tool("tools/fewshot.py", "configs/point_mae/fewshot_demo.yaml", *TINY_CLASSIFIER, "--way", 3, "--shot", 4,
-                    "--folds", 2, "--work-dir", tmp_path, "--protocol", "plain", "vote")
+                    "--folds", 2, "--work-dir", tmp_path, "--pretrained", tmp_path / "pretrain.pth",
+                    "--protocol", "plain", "vote")
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "3way_4shot.json").read_text())
     for protocol in ("plain", "vote"):
@@ -285,6 +293,12 @@ def test_fewshot_tool_runs_every_fold_and_reports_mean_and_std(tmp_path):
         cfg = (tmp_path / "3way_4shot" / f"fold{fold}" / "config.yaml").read_text()
         assert f"fold: {fold}" in cfg and "way: 3" in cfg and "shot: 4" in cfg
     assert "3way_4shot, 2 folds, accuracy mean +- std over folds" in proc.stdout
+    from pcmae.downstream import PointClassifier  # each fold started from the pre-trained encoder
+    first = PointClassifier(num_classes=8, num_groups=8, group_size=8, embed_dim=24, depth=1, num_heads=2)
+    load_model_weights(first, tmp_path / "3way_4shot" / "fold0" / "checkpoint_best.pth", "PointClassifier")
+    tuned = dict(first.encoder.named_parameters())
+    moved = [(tuned[k] - v).abs().max().item() for k, v in encoder.encoder.named_parameters()]
+    assert max(moved) < 0.05  # two tiny epochs move the encoder a little from the pre-trained weights
 
 
 def test_fewshot_tool_refuses_more_ways_than_outputs():

@@ -76,7 +76,7 @@ def main(argv=None):
         raise ConfigError(f"{args.config}: model.num_classes={base['model'].get('num_classes')} is fewer than "
                           f"--way {args.way}")
     work_dir = default_work_dir(args.config, {"work_dir": args.work_dir} if args.work_dir else base) / episode
-    encoder_state = pretrained_state(args.pretrained) if args.pretrained else None
+    encoder_state = pretrained_state(args.pretrained, base["model"]) if args.pretrained else None
 
     folds = []
     for fold in range(args.folds):
