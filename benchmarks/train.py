@@ -14,6 +14,8 @@ A step is forward + backward + AdamW on a fixed batch; augmentation is off in ev
 its training loop, outside the model). The column ``train loss |diff|`` is computed, not asserted: the
 train-mode loss of each code on the same batch with the same mask, the same weights and the same torch seed
 (so the same drop-path draws), minus pcmae's. ``tokenizer ms`` times the parameter-free FPS + kNN alone.
+``CPU s / step`` is the process's CPU time per step (all threads): on a shared machine, the part of a
+one-thread step that does not depend on waiting for a core.
 Rows for pcmae alone follow: bf16 autocast and the demo model (32 x 16, 192 x 4), at the last thread count.
 
     python -m benchmarks.train [--threads 1,2] [--steps 3] [--upstream /tmp/upstream_point_mae] [--before 6dc3b55]
@@ -33,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.timing import median_ms, torch_threads
+from benchmarks.timing import median_ms, median_wall_and_cpu_ms, torch_threads
 from pcmae.integrations.point_mae_checkpoint import convert_state_dict
 from pcmae.pretrainers import PointMAE
 
@@ -165,29 +167,32 @@ def bench_train(args: argparse.Namespace) -> list[dict]:
     rows = []
     for t in threads:
         with torch_threads(t) as n:
-            step_ms = median_ms({s.name: (lambda s=s: s.step(points)) for s in sides}, args.steps, device)
+            step_ms, cpu_ms = median_wall_and_cpu_ms({s.name: (lambda s=s: s.step(points)) for s in sides},
+                                                     args.steps, device)
             token_ms = median_ms({s.name: (lambda s=s: s.tokenizer(points)) for s in sides}, args.steps, device)
         rates = {name: 1e3 / ms for name, ms in step_ms.items()}
         for side, diff in zip(sides, diffs):
-            rows.append(_row("paper (64x32, 384x12)", side.name, "float32", n, step_ms[side.name], rates,
-                             f"{diff:.1e}", token_ms[side.name]))
+            rows.append(_row("paper (64x32, 384x12)", side.name, "float32", n, step_ms[side.name],
+                             cpu_ms[side.name], rates, f"{diff:.1e}", token_ms[side.name]))
     del sides
     with torch_threads(threads[-1]) as n:
         for name, cfg, amp in (("paper (64x32, 384x12)", PAPER, True), ("demo (32x16, 192x4)", DEMO, False)):
             torch.manual_seed(0)
             side = pcmae_side("pcmae", PointMAE, cfg, None, device, amp)
-            ms = median_ms({"step": lambda: side.step(points)}, args.steps, device)["step"]
+            wall, cpu = median_wall_and_cpu_ms({"step": lambda: side.step(points)}, args.steps, device)
             token = median_ms({"tok": lambda: side.tokenizer(points)}, args.steps, device)["tok"]
-            rows.append(_row(name, "pcmae", "bf16 autocast" if amp else "float32", n, ms, {}, "-", token))
+            rows.append(_row(name, "pcmae", "bf16 autocast" if amp else "float32", n, wall["step"], cpu["step"],
+                             {}, "-", token))
     return rows
 
 
-def _row(model: str, code: str, precision: str, threads: int, ms: float, rates: dict, diff: str,
+def _row(model: str, code: str, precision: str, threads: int, ms: float, cpu_ms: float, rates: dict, diff: str,
          token_ms: float) -> dict:
     rate = 1e3 / ms
     ratio = {other: f"{rate / r:.2f}x" for other, r in rates.items()}
     return {"model": model, "code": code, "precision": precision, "threads": threads, "batch": BATCH,
-            "points": NUM_POINTS, "s / step": f"{ms / 1e3:.2f}", "steps / s": f"{rate:.3f}",
+            "points": NUM_POINTS, "s / step": f"{ms / 1e3:.2f}", "CPU s / step": f"{cpu_ms / 1e3:.2f}",
+            "steps / s": f"{rate:.3f}",
             "clouds / s": f"{BATCH * rate:.1f}", "vs upstream": ratio.get("upstream Point-MAE", "-"),
             "vs pcmae before": next((v for k, v in ratio.items() if k.startswith("pcmae ")), "-"),
             "train loss |diff|": diff, "tokenizer (FPS + kNN) ms": f"{token_ms:.0f}"}
