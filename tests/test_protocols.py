@@ -384,3 +384,22 @@ def test_protocol_configs_on_the_real_datasets_when_present(name, monkeypatch):
         item = build_dataset(cfg["data"][split])[0]
         assert item["points"].shape == (cfg["data"][split]["num_points"], 3)
         assert ("vote_points" in item) == (split == "val")
+
+
+def test_fine_tuning_runs_on_upstream_items_and_votes_on_their_pool(tmp_path):
+    """The Trainer batches training items (no pool) and validation items (with vote_points) of sampling: upstream."""
+    from pcmae.downstream import PointClassifier
+    from pcmae.engine.trainer import Trainer
+
+    root = modelnet_fixture(tmp_path, rows=1250)
+    kwargs = dict(num_points=1024, sampling="upstream", source_points=1200)
+    train, val = ModelNet40(root, "train", **kwargs), ModelNet40(root, "test", **kwargs)
+    torch.manual_seed(0)
+    model = PointClassifier(num_classes=3, num_groups=8, group_size=8, embed_dim=24, depth=1, num_heads=2)
+    trainer = Trainer(model, train, {"epochs": 1, "batch_size": 3, "lr": 1e-3, "log_interval": 1}, tmp_path / "run",
+                      val_dataset=val)
+    trainer.fit()
+    assert 0 <= trainer.validate()["acc"] <= 1
+    plain = evaluate_accuracy(model, val, batch_size=3, protocol="plain")
+    assert plain["accuracy"] == pytest.approx(trainer.validate()["acc"])  # val/acc is the plain protocol
+    assert evaluate_accuracy(model, val, batch_size=3, protocol="vote")["num_samples"] == 6
