@@ -287,6 +287,10 @@ def test_tta_tool_adapts_along_a_stream_whose_corruption_changes(tmp_path):
     table = main([str(config), "--checkpoint", str(checkpoint), "--table", "--corruption", "gaussian", "--limit", "1",
                   "--work-dir", str(work)])
     assert list(table) == ["gaussian"] and table["gaussian"]["source-only"]["samples"] == 1
+    aligned = main([str(config), "--checkpoint", str(checkpoint), "--alignment", "--corruption", "gaussian,shear",
+                    "--limit", "2", "--work-dir", str(work)])
+    assert list(aligned) == ["gaussian", "shear"] and aligned["shear"]["samples"] == 2
+    assert -1 <= aligned["gaussian"]["gradient"] <= 1 and (work / "tta" / "alignment.json").is_file()
     assert set(table["gaussian"]) == {"source-only", "BN-adapt", "BN-stream", "TENT", "MATE-standard", "MATE-online",
                                       "MATE-online stride 4"}
 
@@ -304,13 +308,15 @@ def test_gradient_alignment_is_one_for_the_supervised_loss_and_leaves_the_weight
             return F.cross_entropy(model.classify(copies[:1]), torch.tensor([2]))
 
     params = list(model.encoder.parameters())
-    assert gradient_alignment(model, Supervised(), params, points, 2, copies=3) == pytest.approx(1.0, abs=1e-3)
-    assert gradient_alignment(model, Supervised(), params, points, 1, copies=3) < 0.99  # another label's gradient
+    same_label = gradient_alignment(model, Supervised(), params, points, 2, copies=3)
+    assert same_label["gradient"] == pytest.approx(1.0, abs=1e-3)
+    assert 0 < same_label["adam_step"] < 0.99  # sign(g) . g / (|sign(g)| |g|) = |g|_1 / (sqrt(n) |g|_2)
+    assert gradient_alignment(model, Supervised(), params, points, 1, copies=3)["gradient"] < 0.99
 
     before = state(model)
     adapter = StreamAdapter(model, TTAConfig.from_dict({"method": "mate", "num_points": 64, "copies": 4}))
     cosine = adapter.alignment(clouds(1)[0], 1)
-    assert -1.0 <= cosine <= 1.0 and cosine != 0.0
+    assert all(-1.0 <= c <= 1.0 and c != 0.0 for c in cosine.values())
     assert same(before, state(model))  # the source weights and statistics, untouched
     with pytest.raises(ValueError, match="takes no gradient step"):
         StreamAdapter(classifier(), TTAConfig.from_dict({"method": "bn", "num_points": 64})).alignment(

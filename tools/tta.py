@@ -177,7 +177,7 @@ def main(argv=None):
 
 def alignment_main(args, cfg: dict, tta_cfg: TTAConfig, out_dir: Path) -> dict:
     """Per corruption (``--corruption a,b`` or all 15): mean cosine between the adaptation gradient and the true
-    label's gradient, and the share of samples where it is positive."""
+    label's gradient, the share of samples where it is positive, and the mean cosine of Adam's first step."""
     import statistics
 
     from pcmae.data.corruptions import OBJECT_CORRUPTIONS
@@ -186,12 +186,18 @@ def alignment_main(args, cfg: dict, tta_cfg: TTAConfig, out_dir: Path) -> dict:
     load_model_weights(model, args.checkpoint, expected_type=cfg["model"].get("type"))
     adapter = StreamAdapter(model, tta_cfg)
     result = {}
+    print("| corruption | cos(adaptation gradient, label gradient) | > 0 | cos(Adam's first step, label gradient) |")
+    print("|---|---|---|---|")
     for corruption in args.corruption.split(",") if args.corruption else list(OBJECT_CORRUPTIONS):
         cosines = [adapter.alignment(s.points, s.label) for s in stream_of(args, cfg, corruption)]
-        result[corruption] = {"mean": statistics.fmean(cosines), "positive": sum(c > 0 for c in cosines) / len(cosines),
-                              "samples": len(cosines)}
-        print(f"| {corruption} | {result[corruption]['mean']:+.3f} | {100 * result[corruption]['positive']:.0f} % |",
+        grad = [c["gradient"] for c in cosines]
+        r = result[corruption] = {"gradient": statistics.fmean(grad), "positive": sum(c > 0 for c in grad) / len(grad),
+                                  "adam_step": statistics.fmean(c["adam_step"] for c in cosines),
+                                  "samples": len(cosines)}
+        print(f"| {corruption} | {r['gradient']:+.3f} | {100 * r['positive']:.0f} % | {r['adam_step']:+.3f} |",
               flush=True)
+    means = {k: statistics.fmean(r[k] for r in result.values()) for k in ("gradient", "positive", "adam_step")}
+    print(f"| mean | {means['gradient']:+.3f} | {100 * means['positive']:.0f} % | {means['adam_step']:+.3f} |")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "alignment.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
     return result

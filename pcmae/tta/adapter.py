@@ -189,9 +189,10 @@ class StreamAdapter:
             return True
         return False
 
-    def alignment(self, points, label: int) -> float:
-        """Cosine between this method's adaptation gradient and the true label's cross-entropy gradient on the
-        source weights (pcmae.tta.alignment), in the modes adaptation runs in; the source state is restored."""
+    def alignment(self, points, label: int) -> dict:
+        """Cosines of this method's adaptation gradient (and of Adam's first step) with the true label's
+        cross-entropy gradient on the source weights (pcmae.tta.alignment), in the modes adaptation runs in; the
+        source state is restored."""
         if not self.params:
             raise ValueError(f"tta.method {self.cfg.method!r} takes no gradient step: nothing to align")
         x = prepare_points(points, self.cfg.num_points, self.generator, self.device)
