@@ -180,6 +180,43 @@ def test_drift_resets_to_the_source_weights():
         assert same(source, state(model))
 
 
+def test_collapse_watch_resets_when_the_adapted_predictions_collapse_against_the_source_models():
+    from pcmae.tta.adapter import class_entropy
+
+    assert class_entropy([3, 3, 3]) == 0.0 and class_entropy([0, 1]) == pytest.approx(np.log(2))
+    xs = clouds(8)
+    model = classifier()
+    adapter = StreamAdapter(model, TTAConfig.from_dict({"method": "tent", "protocol": "online", "num_points": 64,
+                                                        "copies": 2, "lr": 1e-6, "collapse_window": 4}))
+    sources = [int(adapter.source_model.classify(torch.as_tensor(x)[:64].unsqueeze(0)).argmax()) for x in xs[:4]]
+    assert adapter.source_model is not None and not adapter.source_model.training
+    with torch.no_grad():  # a collapsed head: the last layer answers class 3 whatever the features
+        last = model.head.mlp[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 9.0]))
+    if class_entropy(sources) == 0:
+        pytest.skip("the random source model itself answers one class on these clouds")
+    records = [adapter(x) for x in xs[:4]]
+    assert [r["pred"] for r in records] == [3, 3, 3, 3]
+    assert [r["reset_reason"] for r in records] == [None, None, None, "collapse"] and adapter.resets == 1
+    key = next(k for k, p in model.named_parameters() if p is model.head.mlp[-1].bias)
+    assert torch.equal(model.head.mlp[-1].bias, adapter.source_state[key])  # the source weights are back
+
+    one_class = classifier()  # a stream that is one class for the source model too: no reset
+    adapter = StreamAdapter(one_class, TTAConfig.from_dict({"method": "tent", "protocol": "online",
+                                                            "num_points": 64, "copies": 2, "lr": 1e-6,
+                                                            "collapse_window": 3}))
+    for m in (one_class, adapter.source_model):
+        with torch.no_grad():
+            m.head.mlp[-1].weight.zero_()
+            m.head.mlp[-1].bias.copy_(torch.tensor([0.0, 9.0, 0.0, 0.0]))
+    assert not any(adapter(x)["reset"] for x in xs[:5])
+    assert StreamAdapter(classifier(), TTAConfig.from_dict({"method": "tent", "protocol": "standard",
+                                                            "num_points": 64})).source_model is None
+    with pytest.raises(ConfigError, match="tta.collapse_ratio"):
+        TTAConfig.from_dict({"collapse_ratio": 1.5})
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="'tta.protocol' must be one of standard, online, stride"):
         TTAConfig.from_dict({"protocol": "sometimes"})

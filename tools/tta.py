@@ -12,7 +12,8 @@
 The ``tta:`` section of the config (pcmae.tta.TTAConfig: method source | bn | tent | mate, protocol standard |
 online | stride, steps, copies, lr, bn_stats, ...) says how; ``key=value`` overrides it. Without --files /
 --folder / --bag the stream is the config's ``data.val`` set, corrupted with ``--corruption`` at ``--severity``
-(pcmae.data.CorruptedObjects). Writes ``<work dir>/tta/metrics.jsonl`` (one line per sample: prediction, label,
+(pcmae.data.CorruptedObjects; a ``ModelNet40C`` data.val reads the released corrupted files instead). Writes
+``<work dir>/tta/metrics.jsonl`` (one line per sample: prediction, label,
 rolling accuracy, adaptation loss, reset, latency in ms) and ``accuracy.png`` (rolling accuracy over the stream).
 A LiDAR masked autoencoder (VoxelMAE / RadialMAE checkpoint) adapts on sweeps instead (pcmae.tta.lidar): the
 config's ``data.val`` or ``--info-file``, optionally with ``--lidar-corruption``; each sweep is scored (hidden-voxel
@@ -31,7 +32,7 @@ from pathlib import Path
 from pcmae.engine.build import build_dataset, build_model, command_line, default_work_dir, load_checked_config
 from pcmae.engine.checkpoint import load_model_weights
 from pcmae.io.atomic import atomic_write
-from pcmae.registry import MODELS
+from pcmae.registry import DATASETS, MODELS
 from pcmae.tta import StreamAdapter, TTAConfig, dataset_source, files_source, folder_source, run_stream
 
 TABLE_RUNS = {"source-only": {"method": "source"}, "BN-adapt": {"method": "bn"},
@@ -62,9 +63,13 @@ def stream_of(args, cfg: dict, corruption: str | None):
 def shifting_stream(args, val: dict, corruptions: list[str]):
     """data.val seen through each corruption in turn: ``--limit`` items each (all of them for one corruption),
     successive corruptions on successive items, so the stream meets one shift after another on new objects."""
-    datasets = [build_dataset({"type": "CorruptedObjects", "dataset": val, "corruption": corruption,
-                               "severity": args.severity, "seed": args.seed}, where="data.val")
-                for corruption in corruptions]
+    def corrupted(corruption: str) -> dict:
+        if getattr(DATASETS.get(val["type"]), "sets_corruption", False):  # released corrupted files (ModelNet40C)
+            return {**val, "corruption": corruption, "severity": args.severity}
+        return {"type": "CorruptedObjects", "dataset": val, "corruption": corruption, "severity": args.severity,
+                "seed": args.seed}
+
+    datasets = [build_dataset(corrupted(corruption), where="data.val") for corruption in corruptions]
     if len(corruptions) == 1:
         return dataset_source(datasets[0], limit=args.limit, name=corruptions[0])
     if args.limit is None:

@@ -15,6 +15,7 @@ from pcmae.data.lidar_datasets import LidarSweeps, SimulatedLidarSweeps, collate
 from pcmae.data.sequences import LidarSequence, collate_sequences
 from pcmae.data.object_datasets import ModelNet40, ScanObjectNN, ShapeNet55
 from pcmae.data.part_datasets import ShapeNetPart, SyntheticParts
+from pcmae.data.modelnet40_c import ModelNet40C  # noqa: F401  (registers the dataset)
 from pcmae.data.modelnet_meshes import ModelNetMeshZip, modelnet_zip_samples  # noqa: F401  (registers the dataset)
 from pcmae.data.synthetic_objects import SyntheticObjects
 from pcmae.data.transforms import RandomRotate, ScaleAndTranslate, pc_normalize

@@ -65,6 +65,20 @@ def _npy_header(path: Path) -> tuple:
     return shape, dtype, fortran
 
 
+def read_numeric_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
+    """A numeric ``.npy`` array of any shape, its header checked against the file size first (as ``read_npy``);
+    ``mmap``: memory-mapped, read-only (large stacks of clouds)."""
+    path = Path(path)
+    try:
+        _npy_header(path)
+        array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError, SyntaxError) as err:
+        raise PointCloudFormatError(f"{path}: not a readable .npy array ({err})") from None
+    if not np.issubdtype(array.dtype, np.number):
+        raise PointCloudFormatError(f"{path}: expected a numeric array, got dtype {array.dtype}")
+    return array
+
+
 def read_npy(path: str | os.PathLike) -> np.ndarray:
     """A 2-D numeric ``.npy`` array (N, C) with C >= 3, as float32.
 

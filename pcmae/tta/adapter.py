@@ -13,11 +13,18 @@ BatchNorm statistics of the encoder (``tta.bn_stats``):
           the stream; standard restores the source ones with the weights.
 Safety on long streams: the adaptation loss of each sample is compared with the mean over the first
 ``drift_warmup`` samples; after ``drift_patience`` samples in a row above ``drift_factor`` times that level the
-weights go back to the source ones (logged as a reset). A sample that is empty, non-finite or unreadable is
+weights go back to the source ones (logged as a reset). The loss alone does not see a classifier collapse (on the
+embedded objects, MATE-online at lr 1e-4 came to answer one class for every sample while its reconstruction loss
+stayed at its early level), so the predictions are watched too: each sample is also classified by the frozen
+source model, and when over the last ``collapse_window`` samples the adapted model's predicted classes are much
+less diverse than the source model's on the same samples (entropy of the class histogram below ``collapse_ratio``
+times the source's), the weights go back as well. A stream that really is one class for a while leaves the source
+model's histogram narrow too, so it does not trigger a reset. A sample that is empty, non-finite or unreadable is
 reported and skipped; the stream goes on.
 """
 from __future__ import annotations
 
+import collections
 import copy
 import math
 import time
@@ -53,6 +60,8 @@ class TTAConfig:
     drift_factor: float = 3.0     # reset when the loss stays above drift_factor x its early level ...
     drift_patience: int = 20      # ... for this many adapted samples in a row
     drift_warmup: int = 20        # samples that set the early level
+    collapse_window: int = 50     # samples whose predicted classes are compared with the source model's ...
+    collapse_ratio: float = 0.5   # ... reset when their histogram entropy falls below this x the source's
     seed: int = 0
 
     @classmethod
@@ -66,7 +75,7 @@ class TTAConfig:
             raise ConfigError(f"'tta.method' must be one of {', '.join(TTA_METHODS.names())}, got {out.method!r}")
         if out.protocol not in PROTOCOLS:
             raise ConfigError(f"'tta.protocol' must be one of {', '.join(PROTOCOLS)}, got {out.protocol!r}")
-        for key in ("steps", "copies", "stride", "num_points", "drift_patience", "drift_warmup"):
+        for key in ("steps", "copies", "stride", "num_points", "drift_patience", "drift_warmup", "collapse_window"):
             value = getattr(out, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"'tta.{key}' must be an int >= 1, got {value!r}")
@@ -77,6 +86,8 @@ class TTAConfig:
             raise ConfigError(f"'tta.bn_stats' must be one of {', '.join(BN_STATS)}, got {out.bn_stats!r}")
         if not isinstance(out.bn_momentum, (int, float)) or not 0 < out.bn_momentum <= 1:
             raise ConfigError(f"'tta.bn_momentum' must be a number in (0, 1], got {out.bn_momentum!r}")
+        if not isinstance(out.collapse_ratio, (int, float)) or not 0 < out.collapse_ratio <= 1:
+            raise ConfigError(f"'tta.collapse_ratio' must be a number in (0, 1], got {out.collapse_ratio!r}")
         for key in ("lr", "drift_factor"):
             value = getattr(out, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
@@ -127,6 +138,8 @@ class StreamAdapter:
         for p in model.parameters():  # no gradient work (or piling-up .grad) for what does not adapt
             p.requires_grad_(id(p) in adapted)
         self.source_state = copy.deepcopy(model.state_dict())
+        self.source_model = copy.deepcopy(model).eval() if self.params and cfg.protocol != "standard" else None
+        self.recent: collections.deque = collections.deque(maxlen=cfg.collapse_window)  # (adapted, source) preds
         self.device = next(model.parameters()).device
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.device_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
@@ -140,9 +153,10 @@ class StreamAdapter:
         return torch.optim.Adam(self.params, lr=self.cfg.lr) if self.params else None
 
     def reset(self) -> None:
-        """Back to the source weights (and a fresh optimizer)."""
+        """Back to the source weights (and a fresh optimizer); the prediction watch starts over."""
         self.model.load_state_dict(self.source_state)
         self.optimizer = self._new_optimizer()
+        self.recent.clear()
 
     def _modes(self, adapting: bool) -> None:
         """eval everywhere except the encoder's BatchNorm layers, per ``bn_stats`` (module docstring)."""
@@ -189,6 +203,21 @@ class StreamAdapter:
             return True
         return False
 
+    def _watch_collapse(self, pred: int, x: torch.Tensor) -> bool:
+        """True when the adapted predictions have collapsed against the source model's: the weights were reset."""
+        if self.source_model is None:
+            return False
+        with torch.no_grad():
+            self.recent.append((pred, int(self.source_model.classify(x.unsqueeze(0))[0].argmax())))
+        if len(self.recent) < self.cfg.collapse_window:
+            return False
+        adapted, source = zip(*self.recent)
+        if class_entropy(adapted) < self.cfg.collapse_ratio * class_entropy(source):
+            self.reset()
+            self.resets += 1
+            return True
+        return False
+
     def alignment(self, points, label: int) -> dict:
         """Cosines of this method's adaptation gradient (and of Adam's first step) with the true label's
         cross-entropy gradient on the source weights (pcmae.tta.alignment), in the modes adaptation runs in; the
@@ -204,7 +233,8 @@ class StreamAdapter:
         return cosine
 
     def __call__(self, points, label: Optional[int] = None) -> dict:
-        """One sample (N, >=3) -> {index, pred, label, correct, loss, adapted, reset, adapt_ms, latency_ms}."""
+        """One sample (N, >=3) -> {index, pred, label, correct, loss, adapted, reset, reset_reason, adapt_ms,
+        latency_ms (adapt + predict), watch_ms (the source model's prediction for the collapse watch, after)}."""
         start = time.perf_counter()
         x = prepare_points(points, self.cfg.num_points, self.generator, self.device)
         protocol = self.cfg.protocol
@@ -213,18 +243,29 @@ class StreamAdapter:
         if protocol == "standard":
             self.reset()
         loss = self._adapt(x) if adapts else None
-        reset = self._watch_drift(loss) if protocol != "standard" else False
+        reset = "drift" if protocol != "standard" and self._watch_drift(loss) else None
         adapted = time.perf_counter()
         self._modes(adapting=False)
         with torch.no_grad():
             logits = self.model.classify(x.unsqueeze(0))[0]
         pred = int(logits.argmax())
         done = time.perf_counter()
+        if self._watch_collapse(pred, x):  # after the prediction: the next sample starts from the source weights
+            reset = "collapse"
+        watched = time.perf_counter()
         record = {"index": self.index, "pred": pred, "label": label,
                   "correct": None if label is None else bool(pred == int(label)), "loss": loss, "adapted": adapts,
-                  "reset": reset, "adapt_ms": 1000 * (adapted - start), "latency_ms": 1000 * (done - start)}
+                  "reset": reset is not None, "reset_reason": reset, "adapt_ms": 1000 * (adapted - start),
+                  "latency_ms": 1000 * (done - start), "watch_ms": 1000 * (watched - done)}
         self.index += 1
         return record
+
+
+def class_entropy(preds) -> float:
+    """Entropy (nats) of the histogram of predicted classes."""
+    counts = np.bincount(np.asarray(preds, dtype=np.int64))
+    p = counts[counts > 0] / len(preds)
+    return float(-(p * np.log(p)).sum())
 
 
 def run_stream(adapter: StreamAdapter, samples: Iterable[Any], log=None) -> Iterator[dict]:
