@@ -24,7 +24,9 @@ Rows for pcmae alone follow: bf16 autocast and the demo model (32 x 16, 192 x 4)
 from __future__ import annotations
 
 import argparse
+import atexit
 import io
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -104,6 +106,7 @@ def load_pcmae_class(rev: str) -> type:
         raise RuntimeError(f"--before {rev}: cannot read pcmae at that revision with git archive in {REPO}: "
                            f"{detail.decode(errors='replace').strip()}") from None
     root = tempfile.mkdtemp(prefix=f"pcmae_{rev}_")
+    atexit.register(shutil.rmtree, root, True)  # kept while the process runs (the old code may import lazily)
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(root, filter="data")
     saved = {k: m for k, m in sys.modules.items() if k == "pcmae" or k.startswith("pcmae.")}
