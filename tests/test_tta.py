@@ -358,3 +358,27 @@ def test_gradient_alignment_is_one_for_the_supervised_loss_and_leaves_the_weight
     with pytest.raises(ValueError, match="takes no gradient step"):
         StreamAdapter(classifier(), TTAConfig.from_dict({"method": "bn", "num_points": 64})).alignment(
             clouds(1)[0], 0)
+
+
+def test_the_real_modelnet_meshes_stream_through_adaptation(tmp_path):
+    """The 8 real ModelNet meshes (configs/mate/modelnet_meshes_stream.yaml's data.val) as a corrupted stream."""
+    import yaml
+
+    from pcmae.engine.build import load_checked_config
+    from pcmae.engine.checkpoint import save_checkpoint
+    from tests.shared_data import shared_data_path
+    from tools.tta import main
+
+    cfg = load_checked_config("configs/mate/modelnet_meshes_stream.yaml", [])
+    zips = [shared_data_path("flux3d", "test", "assets", f"ModelNet{n}.zip") for n in (40, 10)]
+    assert [str(z).split("shared/")[-1] for z in zips] == [p.split("shared/")[-1] for p in cfg["data"]["val"]["paths"]]
+    cfg["data"]["val"].update(paths=[str(z) for z in zips], num_points=256)
+    cfg["model"].update(TINY, decoder_depth=1, decoder_num_heads=2)
+    cfg["tta"] = {"method": "mate", "protocol": "online", "copies": 2, "num_points": 64}
+    config = tmp_path / "meshes.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    model = build_model(cfg["model"])
+    save_checkpoint(tmp_path / "mate.pth", {"model": model.state_dict(), "config": cfg, "epoch": 1})
+    result = main([str(config), "--checkpoint", str(tmp_path / "mate.pth"), "--corruption", "occlusion,gaussian",
+                   "--limit", "4", "--work-dir", str(tmp_path / "work")])
+    assert result["samples"] == 8 and result["skipped"] == 0 and result["accuracy"] is not None
