@@ -192,6 +192,17 @@ def test_mini_pointnet_visible_only_equals_all_patches_then_select(train):
     assert full.second_conv[0].weight.grad.abs().max() > 0
 
 
+def test_mini_pointnet_visible_only_takes_the_full_path_under_sync_batchnorm(monkeypatch):
+    """SyncBatchNorm gathers statistics across ranks, which the closed form cannot: embed all, then select."""
+    net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(_randomized_mini_pointnet()).train()
+    assert isinstance(net.second_conv[1], torch.nn.SyncBatchNorm)
+    calls = []
+    monkeypatch.setattr(net, "forward", lambda patches: calls.append(patches.shape) or torch.zeros(2, 5, 48))
+    keep = torch.tensor([[True, False, True, False, False]] * 2)
+    out = net.forward_visible(torch.zeros(2, 5, 8, 3), keep)
+    assert calls == [(2, 5, 8, 3)] and out.shape == (2, 2, 48)
+
+
 def test_block_forward_tail_equals_the_last_tokens_of_forward():
     from pcmae.backbones.transformer import Block
     torch.manual_seed(0)

@@ -93,8 +93,8 @@ class MiniPointNet(nn.Module):
         bn1, bn = self.first_conv[1], self.second_conv[1]
         if not (_batch_stats(bn1) or _batch_stats(bn)):
             return self.forward(select_patches(neighborhoods, keep))
-        if not _batch_stats(bn):
-            return select_patches(self.forward(neighborhoods), keep)
+        if not _batch_stats(bn) or isinstance(bn, nn.SyncBatchNorm):  # SyncBatchNorm: statistics across ranks,
+            return select_patches(self.forward(neighborhoods), keep)   # which the closed form does not gather
         r, pooled = self._first(neighborhoods.reshape(b * g * k, 3), k)
         w_fold, per_patch = self._second_parts(pooled)  # (512, 128), (BG, 512)
         with torch.autocast(r.device.type, enabled=False):  # statistics in float32 at least, as BatchNorm
