@@ -13,13 +13,14 @@ The ``tta:`` section of the config (pcmae.tta.TTAConfig: method source | bn | te
 online | stride, steps, copies, lr, bn_stats, ...) says how; ``key=value`` overrides it. Without --files /
 --folder / --bag the stream is the config's ``data.val`` set, corrupted with ``--corruption`` at ``--severity``
 (pcmae.data.CorruptedObjects; a ``ModelNet40C`` data.val reads the released corrupted files instead). Writes
-``<work dir>/tta/metrics.jsonl`` (one line per sample: prediction, label,
-rolling accuracy, adaptation loss, reset, latency in ms) and ``accuracy.png`` (rolling accuracy over the stream).
+``<work dir>/tta/metrics.jsonl`` (one line per sample: prediction, label, rolling accuracy, adaptation loss, reset,
+latency in ms) and ``accuracy.png`` (rolling accuracy over the stream).
 A LiDAR masked autoencoder (VoxelMAE / RadialMAE checkpoint) adapts on sweeps instead (pcmae.tta.lidar): the
 config's ``data.val`` or ``--info-file``, optionally with ``--lidar-corruption``; each sweep is scored (hidden-voxel
 F1 / AUROC / AP under 3 seeded masks) with the weights adapted on the sweeps before it, next to the source model
 and the trivial answers. ``--table``: accuracy and ms per sample of source-only, BN-adapt, BN-stream (MATE's
-BatchNorm statistics without its gradient step), TENT, MATE-standard, MATE-online and MATE-online stride 4 on each corruption named by ``--corruption a,b,...`` (default: all 15) at ``--severity``, and their mean.
+BatchNorm statistics without its gradient step), TENT, MATE-standard, MATE-online and MATE-online stride 4 on
+each corruption named by ``--corruption a,b,...`` (default: all 15) at ``--severity``, and their mean.
 """
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ from pathlib import Path
 from pcmae.engine.build import build_dataset, build_model, command_line, default_work_dir, load_checked_config
 from pcmae.engine.checkpoint import load_model_weights
 from pcmae.io.atomic import atomic_write
-from pcmae.registry import DATASETS, MODELS
+from pcmae.registry import DATASETS
 from pcmae.tta import StreamAdapter, TTAConfig, dataset_source, files_source, folder_source, run_stream
 
 TABLE_RUNS = {"source-only": {"method": "source"}, "BN-adapt": {"method": "bn"},
               "BN-stream": {"method": "bn", "bn_stats": "stream", "protocol": "online"},
-              "TENT": {"method": "tent", "protocol": "online"}, "MATE-standard": {"method": "mate", "protocol": "standard"},
+              "TENT": {"method": "tent", "protocol": "online"},
+              "MATE-standard": {"method": "mate", "protocol": "standard"},
               "MATE-online": {"method": "mate", "protocol": "online"},
               "MATE-online stride 4": {"method": "mate", "protocol": "stride", "stride": 4}}
 
@@ -82,11 +84,23 @@ def shifting_stream(args, val: dict, corruptions: list[str]):
         for k, (corruption, dataset) in enumerate(zip(corruptions, datasets)))
 
 
-def adapt_stream(model_cfg: dict, checkpoint, tta_cfg: TTAConfig, samples, log=print) -> list[dict]:
-    """A fresh model from ``checkpoint`` adapted along ``samples``: the records, with rolling accuracy."""
+def load_model(model_cfg: dict, checkpoint):
+    """The config's model with the checkpoint's weights (checked against the config's model type)."""
     model = build_model(copy.deepcopy(model_cfg))
     load_model_weights(model, checkpoint, expected_type=model_cfg.get("type"))
-    adapter = StreamAdapter(model, tta_cfg)
+    return model
+
+
+def table_corruptions(args) -> list[str]:
+    """``--corruption a,b,...`` or all 15 of ModelNet40-C (the rows of --table and --alignment)."""
+    from pcmae.data.corruptions import OBJECT_CORRUPTIONS
+
+    return args.corruption.split(",") if args.corruption else list(OBJECT_CORRUPTIONS)
+
+
+def adapt_stream(source_model, tta_cfg: TTAConfig, samples, log=print) -> list[dict]:
+    """A copy of ``source_model`` adapted along ``samples``: the records, with rolling accuracy."""
+    adapter = StreamAdapter(copy.deepcopy(source_model), tta_cfg)
     records, correct, labelled = [], 0, 0
     for record in run_stream(adapter, samples, log):
         if record.get("correct") is not None:
@@ -153,26 +167,24 @@ def main(argv=None):
     cfg = load_checked_config(args.config, args.overrides)
     out_dir = Path(args.work_dir or default_work_dir(args.config, cfg)) / "tta"
     base = dict(cfg.get("tta") or {})
-    if hasattr(MODELS.get(cfg["model"]["type"]), "predict_occupancy"):  # a LiDAR masked autoencoder
-        return lidar_main(args, cfg, base, out_dir)
+    model = load_model(cfg["model"], args.checkpoint)  # read once; every run adapts a copy
+    if hasattr(model, "predict_occupancy"):  # a LiDAR masked autoencoder
+        return lidar_main(args, cfg, model.eval(), base, out_dir)
     if args.alignment:
-        return alignment_main(args, cfg, TTAConfig.from_dict(base), out_dir)
+        return alignment_main(args, cfg, model, TTAConfig.from_dict(base), out_dir)
     if not args.table:
         tta_cfg = TTAConfig.from_dict(base)
-        records = adapt_stream(cfg["model"], args.checkpoint, tta_cfg, stream_of(args, cfg, args.corruption))
+        records = adapt_stream(model, tta_cfg, stream_of(args, cfg, args.corruption))
         save_outputs(records, out_dir)
         result = summary(records)
         print(json.dumps({"method": tta_cfg.method, "protocol": tta_cfg.protocol, **result}))
         return result
-    from pcmae.data.corruptions import OBJECT_CORRUPTIONS
-
-    corruptions = args.corruption.split(",") if args.corruption else list(OBJECT_CORRUPTIONS)
     table = {}
-    for corruption in corruptions:
+    for corruption in table_corruptions(args):
         for name, run in TABLE_RUNS.items():
             tta_cfg = TTAConfig.from_dict({**base, **run})
             table.setdefault(corruption, {})[name] = summary(adapt_stream(
-                cfg["model"], args.checkpoint, tta_cfg, stream_of(args, cfg, corruption), log=None))
+                model, tta_cfg, stream_of(args, cfg, corruption), log=None))
         print(corruption, {k: round(v["accuracy"], 3) for k, v in table[corruption].items()}, flush=True)
     print_table(table, args.severity)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -180,20 +192,16 @@ def main(argv=None):
     return table
 
 
-def alignment_main(args, cfg: dict, tta_cfg: TTAConfig, out_dir: Path) -> dict:
+def alignment_main(args, cfg: dict, model, tta_cfg: TTAConfig, out_dir: Path) -> dict:
     """Per corruption (``--corruption a,b`` or all 15): mean cosine between the adaptation gradient and the true
     label's gradient, the share of samples where it is positive, and the mean cosine of Adam's first step."""
     import statistics
 
-    from pcmae.data.corruptions import OBJECT_CORRUPTIONS
-
-    model = build_model(copy.deepcopy(cfg["model"]))
-    load_model_weights(model, args.checkpoint, expected_type=cfg["model"].get("type"))
     adapter = StreamAdapter(model, tta_cfg)
     result = {}
     print("| corruption | cos(adaptation gradient, label gradient) | > 0 | cos(Adam's first step, label gradient) |")
     print("|---|---|---|---|")
-    for corruption in args.corruption.split(",") if args.corruption else list(OBJECT_CORRUPTIONS):
+    for corruption in table_corruptions(args):
         cosines = [adapter.alignment(s.points, s.label) for s in stream_of(args, cfg, corruption)]
         grad = [c["gradient"] for c in cosines]
         r = result[corruption] = {"gradient": statistics.fmean(grad), "positive": sum(c > 0 for c in grad) / len(grad),
@@ -208,14 +216,11 @@ def alignment_main(args, cfg: dict, tta_cfg: TTAConfig, out_dir: Path) -> dict:
     return result
 
 
-def lidar_main(args, cfg: dict, base: dict, out_dir: Path) -> dict:
-    """Source vs adapted-along-the-stream hidden-voxel scores of a LiDAR masked autoencoder."""
+def lidar_main(args, cfg: dict, model, base: dict, out_dir: Path) -> dict:
+    """Source vs adapted-along-the-stream hidden-voxel scores of a LiDAR masked autoencoder (``model``, eval mode)."""
     from pcmae.data import LidarSweeps
     from pcmae.tta.lidar import CorruptedSweeps, source_and_adapted
 
-    model = build_model(copy.deepcopy(cfg["model"]))
-    load_model_weights(model, args.checkpoint, expected_type=cfg["model"].get("type"))
-    model.eval()
     if args.info_file:
         dataset = LidarSweeps(info_file=args.info_file, layout=args.layout, use_columns=args.use_columns)
     else:

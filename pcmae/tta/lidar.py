@@ -20,8 +20,8 @@ from pcmae.evaluation.occupancy import evaluate_sweep, sweep_batches
 def lidar_stream(model, dataset, point_cloud_range, steps: int = 1, lr: float = 1e-4, seeds=(0, 1, 2),
                  adapt: bool = True, seed: int = 0) -> dict:
     """Score every sweep of ``dataset`` in order (pooled over the stream), adapting after each when ``adapt``.
-    Returns {"per_sweep": [{index, loss, f1, auroc, ..., adapt_ms, score_ms}], "pooled": {predictor: metrics}}; ``model`` is adapted
-    in place (pass a copy to keep the source). ``seed`` seeds torch's global RNG, from which the model's training
+    Returns {"per_sweep": [{index, loss, f1, auroc, ..., adapt_ms, score_ms}], "pooled": {predictor: metrics}};
+    ``model`` is adapted in place (pass a copy to keep the source). ``seed`` seeds torch's global RNG, from which the model's training
     forward draws its masks: the same stream adapts the same way in every run."""
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr) if adapt else None
@@ -30,8 +30,8 @@ def lidar_stream(model, dataset, point_cloud_range, steps: int = 1, lr: float = 
     for index, (batch, _) in enumerate(sweep_batches(dataset, point_cloud_range, model_device(model))):
         start = time.perf_counter()
         mine = {key: [] for key in pooled}
-        for seed in seeds:
-            r = evaluate_sweep(model, batch, seed)
+        for mask_seed in seeds:
+            r = evaluate_sweep(model, batch, mask_seed)
             for key in pooled:
                 mine[key].append(r[key])
                 pooled[key].append(r[key])
