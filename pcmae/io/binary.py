@@ -65,15 +65,20 @@ def _npy_header(path: Path) -> tuple:
     return shape, dtype, fortran
 
 
+def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    """np.load of a ``.npy`` whose header was checked against the file size first; one error line otherwise."""
+    try:
+        _npy_header(path)
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError, SyntaxError) as err:  # truncated data, pickles, bad magic or header
+        raise PointCloudFormatError(f"{path}: not a readable .npy array ({err})") from None
+
+
 def read_numeric_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
     """A numeric ``.npy`` array of any shape, its header checked against the file size first (as ``read_npy``);
     ``mmap``: memory-mapped, read-only (large stacks of clouds)."""
     path = Path(path)
-    try:
-        _npy_header(path)
-        array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
-    except (ValueError, OSError, EOFError, SyntaxError) as err:
-        raise PointCloudFormatError(f"{path}: not a readable .npy array ({err})") from None
+    array = _load_npy(path, mmap)
     if not np.issubdtype(array.dtype, np.number):
         raise PointCloudFormatError(f"{path}: expected a numeric array, got dtype {array.dtype}")
     return array
@@ -85,11 +90,7 @@ def read_npy(path: str | os.PathLike) -> np.ndarray:
     The header's shape is checked against the file size first, so a corrupt shape cannot drive the allocation.
     """
     path = Path(path)
-    try:
-        _npy_header(path)
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, SyntaxError) as err:  # truncated data, pickles, bad magic or header
-        raise PointCloudFormatError(f"{path}: not a readable .npy array ({err})") from None
+    array = _load_npy(path)
     if array.ndim != 2 or array.shape[1] < 3 or not np.issubdtype(array.dtype, np.number):
         raise PointCloudFormatError(
             f"{path}: expected a 2-D numeric array (N, C >= 3), got dtype {array.dtype} shape {array.shape}")
